@@ -1,0 +1,335 @@
+"""Typed configuration: one dataclass per concern, YAML recipes, `--set a.b=c` overrides.
+
+The defaults are ProlificDreamer's NeRF-stage values (paper, Sec. 4.2 and Appendix F), so
+`recipes/prolificdreamer.yaml` only restates them; a test keeps the two in agreement.
+Every key is validated: an unknown key or a value of the wrong type is a `ConfigError`
+that names the key and, for a typo, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from dataclasses import field as _field  # `field` is also a setting's name below
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema; the message is shown to the user as is."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorConfig:
+    """The frozen text-to-image diffusion model."""
+
+    model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id or local diffusers directory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    negative_prompt: str = ""
+
+
+@dataclass
+class CameraConfig:
+    """Training-camera distribution p(c) and the view-dependent prompt suffix."""
+
+    distance: tuple[float, float] = (1.0, 1.5)
+    fovy_deg: tuple[float, float] = (40.0, 70.0)
+    elevation_deg: tuple[float, float] = (-10.0, 45.0)
+    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
+    view_dependent_prompt: bool = True
+    front_azimuth_deg: float = 45.0  # |azimuth| below this is a front view
+    back_azimuth_deg: float = 135.0  # |azimuth| above this is a back view; between is a side view
+    overhead_elevation_deg: float = 60.0  # elevation above this is an overhead view
+    # previews and evaluation orbits
+    eval_distance: float = 1.25
+    eval_fovy_deg: float = 55.0
+    eval_elevation_deg: float = 15.0
+
+
+@dataclass
+class HashGridConfig:
+    """Multi-resolution hash encoding (Instant-NGP); the per-level scale 1.447 spans 16 -> 2048."""
+
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.447269
+    backend: Literal["auto", "torch", "tcnn"] = "auto"
+
+
+@dataclass
+class FieldConfig:
+    """What a NeRF particle is: hash grid -> small MLP -> (density, albedo)."""
+
+    grid: HashGridConfig = _field(default_factory=HashGridConfig)
+    hidden_dim: int = 64
+    n_hidden_layers: int = 1
+    bound: float = 1.0  # scene is the cube [-bound, bound]^3
+    density_init: Literal["object", "scene", "object-in-scene"] = "object"
+    density_init_strength: float = 10.0  # lambda_sigma; the scene init uses its negative
+    density_init_radius: float = 0.5  # r; 2.5 for the scene init
+    object_in_scene_radius: float = 5.0 / 6.0  # ||mu|| below which the object init applies
+
+
+@dataclass
+class BackgroundConfig:
+    kind: Literal["neural", "solid"] = "neural"  # neural: a small MLP environment map of the ray direction
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5)  # for kind=solid
+    random_color_prob: float = 0.5  # chance per training step of a random solid colour instead
+    hidden_dim: int = 32
+
+
+@dataclass
+class VolumeRenderConfig:
+    n_coarse: int = 64
+    n_fine: int = 32  # importance samples drawn from the coarse weights
+    near: float = 0.01  # smallest distance along a ray (cameras may sit inside a scene's bounds)
+    chunk_rays: int = 16384  # rays per chunk when rendering without gradients
+
+
+@dataclass
+class GuidanceConfig:
+    """Which distillation method, and its timestep and weighting schedule."""
+
+    method: Literal["vsd", "sds"] = "vsd"
+    cfg: float = 7.5  # classifier-free guidance scale of the prior
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_max_annealed: float = 0.5  # after anneal_step, t ~ U(t_min, t_max_annealed)
+    anneal_step: int = 5000
+    weighting: Literal["sigma2", "uniform"] = "sigma2"  # w(t) = sigma_t^2 = 1 - alphabar_t
+
+
+@dataclass
+class ScoreModelConfig:
+    """VSD's model of the rendered-image distribution: LoRA + camera embedding on a UNet."""
+
+    base: str = "prior"  # "prior": the prior's own UNet with adapters; else a hub id / directory
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lr: float = 1e-4
+    prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
+    camera_dropout: float = 0.1
+    camera_embedding: bool = True
+    train_steps: int = 1  # score-model updates per 3D update
+
+
+@dataclass
+class NeRFStageConfig:
+    """The NeRF stage: schedules, learning rates, regularisers, bookkeeping."""
+
+    steps: int = 25000
+    particles: int = 1
+    batch_size: int = 1
+    resolution: int = 64
+    resolution_milestones: list[tuple[int, int]] = _field(default_factory=lambda: [(5000, 512)])
+    lr_grid: float = 0.01
+    lr_heads: float = 0.001
+    lr_background: float = 0.001
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    weight_decay: float = 0.0
+    # regularisers (threestudio's ProlificDreamer setup): sparsity on mean opacity, and a
+    # late binary-opacity term that pushes opacity to 0 or 1 before extraction
+    lambda_sparsity: float = 10.0
+    lambda_opaque: float = 0.0
+    lambda_opaque_final: float = 1000.0
+    opaque_start_step: int = 20000
+    field: FieldConfig = _field(default_factory=FieldConfig)
+    render: VolumeRenderConfig = _field(default_factory=VolumeRenderConfig)
+    background: BackgroundConfig = _field(default_factory=BackgroundConfig)
+    checkpoint_every: int = 1000
+    preview_every: int = 500
+    preview_resolution: int = 128
+    log_every: int = 10
+
+
+@dataclass
+class Recipe:
+    """Everything a run needs; a recipe YAML is a partial dict of this."""
+
+    name: str = "prolificdreamer"
+    seed: int = 0
+    prior: PriorConfig = _field(default_factory=PriorConfig)
+    camera: CameraConfig = _field(default_factory=CameraConfig)
+    guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
+    score_model: ScoreModelConfig = _field(default_factory=ScoreModelConfig)
+    nerf: NeRFStageConfig = _field(default_factory=NeRFStageConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass with validation
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain, YAML/JSON-friendly view (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is type(None) and value is None:
+                return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not fit {_type_name(tp)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values like [a, b], got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {_type_name(tp)}")  # a schema bug, not user error
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, valid, n=1)
+    where = f"{prefix}.{name}" if prefix else name
+    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+    return ConfigError(f"unknown setting '{where}'{hint}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        if name not in names:
+            raise _unknown_key(cls, str(name), prefix)
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = Recipe) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a mapping of sections (prior:, camera:, nerf:, ...)")
+    return _from_dict(cls, data)
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict update; the update's leaves win."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`a.b.c=value` -> {'a': {'b': {'c': value}}}; the value is read as YAML (numbers, lists, bools)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a dotted key, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def recipe_search_dirs() -> list[Path]:
+    """Where a bare recipe name is looked up: ./recipes, then the recipes beside the source tree."""
+    here = Path(__file__).resolve().parent
+    return [Path.cwd() / "recipes", here.parent.parent / "recipes"]
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    stem = name_or_path if name_or_path.endswith((".yaml", ".yml")) else f"{name_or_path}.yaml"
+    if "/" not in name_or_path:
+        for folder in recipe_search_dirs():
+            if (folder / stem).is_file():
+                return (folder / stem).resolve()
+    raise ConfigError(f"recipe '{name_or_path}' not found (give a YAML path, or a name from ./recipes)")
+
+
+def load_recipe_dict(name_or_path: str) -> dict:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Defaults <- recipe file <- each `--set` in order; validated at every layer."""
+    data: dict = load_recipe_dict(recipe) if recipe else {}
+    from_dict(data)  # report a bad recipe key against the recipe, before any override
+    for text in overrides:
+        override = parse_override(text)
+        from_dict(override)  # report a bad override on its own
+        data = merge(data, override)
+    return from_dict(data)

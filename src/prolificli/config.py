@@ -59,7 +59,7 @@ class CameraConfig:
 
 @dataclass
 class HashGridConfig:
-    """Multi-resolution hash encoding (Instant-NGP); the per-level scale 1.447 spans 16 -> 2048."""
+    """Multi-resolution hash encoding (Instant-NGP); the per-level scale 1.447 spans 16 -> 4096 (threestudio)."""
 
     n_levels: int = 16
     n_features_per_level: int = 2
@@ -104,7 +104,7 @@ class GuidanceConfig:
     """Which distillation method, and its timestep and weighting schedule."""
 
     method: Literal["vsd", "sds"] = "vsd"
-    cfg: float = 7.5  # classifier-free guidance scale of the prior
+    cfg: float | None = None  # CFG scale of the prior; None: the method's own (7.5 VSD, 100 SDS)
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_annealed: float = 0.5  # after anneal_step, t ~ U(t_min, t_max_annealed)
@@ -324,12 +324,22 @@ def load_recipe_dict(name_or_path: str) -> dict:
     return data
 
 
+DEFAULT_CFG = {"vsd": 7.5, "sds": 100.0}  # ProlificDreamer Sec. 5 / DreamFusion
+
+
 def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Defaults <- recipe file <- each `--set` in order; validated at every layer."""
+    """Defaults <- recipe file <- each `--set` in order; validated at every layer.
+
+    Settings whose default depends on another (the CFG scale on the method) are filled in here,
+    so the resolved recipe stored in a manifest holds plain numbers.
+    """
     data: dict = load_recipe_dict(recipe) if recipe else {}
     from_dict(data)  # report a bad recipe key against the recipe, before any override
     for text in overrides:
         override = parse_override(text)
         from_dict(override)  # report a bad override on its own
         data = merge(data, override)
-    return from_dict(data)
+    resolved = from_dict(data)
+    if resolved.guidance.cfg is None:
+        resolved.guidance.cfg = DEFAULT_CFG[resolved.guidance.method]
+    return resolved

@@ -201,12 +201,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {choices}")
         return value
     if origin in (typing.Union, types.UnionType):
-        for option in args:
-            if option is type(None) and value is None:
-                return None
-        for option in args:
-            if option is type(None):
-                continue
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message says what is expected
+            return _coerce(value, options[0], key)
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError:

@@ -1,0 +1,142 @@
+"""The `prolific` command: one thin function per stage (parse -> recipe -> stages.X.run).
+
+Conventions every subcommand keeps: progress and logs on stderr, the run directory (or a JSON
+summary with --json) on stdout, one `error: ...` line and exit code 2 for bad input, 130 after
+Ctrl-C (a checkpoint is written first), 1 when the optimisation itself failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="prolific",
+    help="Text-to-3D by score distillation (ProlificDreamer's VSD, SDS), one stage per subcommand.\n\n"
+         "Each stage reads and writes a run directory (runs/<prompt-slug>/<stage>/) and prints it on stdout, "
+         "so stages chain in a shell.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+stderr = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions whose message is meant for the user as is (imported lazily: torch is slow to load)."""
+    from .artifacts import ArtifactError
+    from .config import ConfigError
+    from .prior import PriorLoadError
+
+    return ConfigError, ArtifactError, PriorLoadError
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"prolificli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
+
+
+@app.command()
+def nerf(
+    prompt: Optional[str] = typer.Argument(None, help="What to make, e.g. \"an elephant skull\"."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r",
+                                         help="Recipe YAML (path, or a name in ./recipes). Default: the paper's "
+                                              "ProlificDreamer settings."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help="Override any recipe key, e.g. --set nerf.steps=2000 "
+                                             "--set guidance.cfg=5 (repeatable, validated)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. Default: runs/<prompt-slug>."),
+    method: Optional[str] = typer.Option(None, "--method", help="vsd (default) or sds; same as --set guidance.method=."),
+    particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1,
+                                            help="Number of VSD particles (n NeRFs sharing one score model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Diffusers model: hub id or local directory (default "
+                                             "stabilityai/stable-diffusion-2-1-base)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    resume: Optional[Path] = typer.Option(None, "--resume",
+                                          help="Continue an interrupted run directory from its last checkpoint, "
+                                               "with the config it started with."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory."),
+) -> None:
+    """Optimise NeRF particles from a text prompt with VSD (or SDS): the first stage.
+
+    Writes RUN/nerf/ (manifest.json, checkpoint/, previews/, metrics.jsonl) and prints RUN.
+    """
+    from .artifacts import slugify
+    from .config import build_recipe
+    from .optimize import Interrupted
+    from .stages import nerf as nerf_stage
+
+    flags = {"--recipe": recipe, "--set": overrides or None, "--method": method, "--particles": particles,
+             "--model": model, "--steps": steps, "--seed": seed, "--device": device}
+    try:
+        if resume is not None:
+            given = [name for name, value in flags.items() if value is not None]
+            if prompt is not None or given:
+                fail(f"--resume continues a run with its own prompt and config; drop {', '.join(given) or 'the prompt'}")
+            recipe_obj, run_dir, text = None, resume, ""
+        else:
+            if prompt is None or not prompt.strip():
+                fail("give a non-empty prompt, e.g. prolific nerf \"an elephant skull\" (or --resume RUN_DIR)")
+            text = " ".join(prompt.split())
+            sets = list(overrides)
+            for key, value in (("guidance.method", method), ("nerf.particles", particles), ("prior.model", model),
+                               ("nerf.steps", steps), ("seed", seed), ("prior.device", device)):
+                if value is not None:
+                    sets.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
+            recipe_obj = build_recipe(recipe, sets)
+            run_dir = out if out is not None else Path("runs") / slugify(text)
+        try:
+            result = nerf_stage.run(recipe_obj, text, run_dir, resume=resume is not None, console=stderr)
+        except Interrupted as exc:
+            where = run_dir.resolve()
+            stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
+                         f"prolific nerf --resume {where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    except user_errors() as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"run_dir": str(result.run_dir), "stage": "nerf", "status": result.status,
+                          "step": result.step, "steps": result.steps, "seconds": result.seconds}))
+    else:
+        print(result.run_dir)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a stage's loop (e.g. while loading the model): nothing to save
+        stderr.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The one optimisation loop every distillation stage runs.
+
+A stage supplies a `Problem` (what theta is and how to render it) and a distiller (SDS, VSD, ...);
+the loop does the rest, the same for the NeRF, geometry and texture stages:
+
+    view  = problem.sample_view(step)                 camera c ~ p(c), prompts with view suffix
+    image = problem.render(particle, view)            x = g(theta, c), differentiable
+    x0    = prior.encode_images(image.rgb)            to the prior's space (latents or pixels)
+    out   = distiller(x0, view.cond, step)            w(t)(eps_prior - eps_score) -> surrogate loss
+    loss  = out.loss + problem.regularization(...)    backprop into theta, one optimiser step
+
+Bookkeeping (progress bar, metrics, previews, checkpoints every N steps, Ctrl-C) lives in
+`run_loop`, so a stage never re-implements it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .distill import Conditioning, DistillOutput
+
+
+@dataclass
+class View:
+    """One training view: cameras, the prompt conditioning, the render size."""
+
+    cameras: Any
+    cond: Conditioning
+    resolution: int
+
+
+@dataclass
+class Rendered:
+    rgb: torch.Tensor  # [B,3,H,W] in [0,1], channels first for the prior
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # opacity, depth, ... for regularisers
+
+
+class Problem(Protocol):
+    """What a stage optimises: n particles, each with its own parameters and optimiser."""
+
+    n_particles: int
+
+    def sample_view(self, step: int) -> View: ...
+
+    def render(self, particle: int, view: View, step: int) -> Rendered: ...
+
+    def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def optimizer(self, particle: int) -> torch.optim.Optimizer: ...
+
+
+class Distiller(Protocol):
+    def __call__(self, x0: torch.Tensor, cond: Conditioning, step: int, *, generator=None) -> DistillOutput: ...
+
+
+def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.Tensor], distiller: Distiller,
+                      step: int, generator: torch.Generator) -> dict[str, float]:
+    """One 3D update (and, inside a VSD distiller, one score-model update); returns scalars to log."""
+    # Algorithm 1, line 3: a random particle; it is the only one whose parameters move this step.
+    particle = int(torch.randint(problem.n_particles, (1,), generator=generator))
+    view = problem.sample_view(step)
+    rendered = problem.render(particle, view, step)
+    x0 = encode(rendered.rgb)
+    out = distiller(x0, view.cond, step, generator=generator)
+    reg_loss, reg_logs = problem.regularization(rendered, step)
+    loss = out.loss + reg_loss
+
+    optimizer = problem.optimizer(particle)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": float(loss.detach()), "particle": particle, "resolution": view.resolution,
+            **out.logs, **reg_logs}
+
+
+class Interrupted(Exception):
+    """Ctrl-C during the loop; the checkpoint for `step` has been written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+@dataclass
+class LoopHooks:
+    """What the loop calls besides the step itself. Every hook receives the number of steps done."""
+
+    checkpoint: Callable[[int], None]
+    preview: Callable[[int], None]
+    log_metrics: Callable[[int, dict], None]
+    progress: Callable[[int], None]  # cheap manifest heartbeat
+    describe: Callable[[int], str] = lambda step: ""  # extra text on the progress bar (t-range, ...)
+
+
+@contextlib.contextmanager
+def deferred_sigint(on_request: Callable[[], None] = lambda: None) -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag checked between steps; a second one aborts at once.
+
+    A step is not atomic (VSD updates its score model before the 3D optimiser step), so stopping
+    in the middle of one would checkpoint a state no uninterrupted run ever had.
+    """
+    requested = [False]
+
+    def handler(signum, frame):
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+        on_request()
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield lambda: False
+        return
+    try:
+        yield lambda: requested[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int, hooks: LoopHooks,
+             checkpoint_every: int, preview_every: int, log_every: int, console: Console | None = None,
+             title: str = "optimising") -> int:
+    """Run steps start..steps-1; returns the number of steps done (== steps unless interrupted).
+
+    Ctrl-C finishes the step in flight, writes a checkpoint and raises `Interrupted` (a second
+    Ctrl-C aborts without one). A crash keeps the last periodic checkpoint: the state in the
+    middle of a step is not one to resume from.
+    """
+    console = console or Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+    done = start
+    rate_window: list[float] = []
+    def announce() -> None:
+        console.print("Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to abort)")
+
+    with deferred_sigint(announce) as interrupt_requested, progress:
+        task = progress.add_task(title, total=steps, completed=start, status="", rate="")
+        while done < steps:
+            tic = time.perf_counter()
+            logs = step_fn(done)
+            done += 1
+            rate_window = (rate_window + [time.perf_counter() - tic])[-20:]
+            if not math.isfinite(logs.get("loss", 0.0)):
+                raise FloatingPointError(f"loss became {logs['loss']} at step {done}")
+            if done % log_every == 0 or done == steps:
+                hooks.log_metrics(done, logs)
+            if done % checkpoint_every == 0 and done < steps:
+                hooks.checkpoint(done)
+            if done % preview_every == 0 or done == steps:
+                hooks.preview(done)
+            hooks.progress(done)
+            its = len(rate_window) / max(sum(rate_window), 1e-9)
+            progress.update(task, completed=done,
+                            status=f"loss {logs.get('loss', float('nan')):.4g} {hooks.describe(done)}",
+                            rate=f"{its:.2f} it/s" if its >= 1 else f"{1 / its:.1f} s/it")
+            if interrupt_requested() and done < steps:
+                hooks.checkpoint(done)
+                raise Interrupted(done)
+    return done

@@ -1,0 +1,243 @@
+"""`prolific nerf`: n NeRF particles distilled from a text-to-image prior by VSD (or SDS).
+
+This file only assembles parts: the particles and their renderer (`NeRFParticles`, the
+`Problem` the generic loop optimises), the prior, the distiller, and the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+
+from ..artifacts import ArtifactError, RunDir, StageDir, load_checkpoint, save_checkpoint
+from ..cameras import orbit_cameras, sample_cameras, view_prompts
+from ..config import Recipe, from_dict, to_dict
+from ..distill import SDS, VSD, Conditioning, ScoreModel
+from ..optimize import Interrupted, LoopHooks, Rendered, View, optimization_step, run_loop
+from ..prior import DiffusionPrior, load_prior
+from ..render.background import Background
+from ..render.volume import render
+from ..scene.nerf import NeRFField
+
+STAGE = "nerf"
+
+
+def resolution_at(recipe: Recipe, step: int) -> int:
+    """Render size at `step`: the base resolution, raised at each milestone (64 -> 512 at 5k)."""
+    resolution = recipe.nerf.resolution
+    for milestone, value in sorted(recipe.nerf.resolution_milestones):
+        if step >= milestone:
+            resolution = value
+    return resolution
+
+
+def opaque_weight(recipe: Recipe, step: int) -> float:
+    cfg = recipe.nerf
+    return cfg.lambda_opaque_final if step >= cfg.opaque_start_step else cfg.lambda_opaque
+
+
+class NeRFParticles:
+    """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i))."""
+
+    def __init__(self, recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator):
+        cfg = recipe.nerf
+        self.recipe = recipe
+        self.prior = prior
+        self.prompt = prompt
+        self.generator = generator
+        self.device = prior.device
+        self.n_particles = cfg.particles
+        self.fields = torch.nn.ModuleList([NeRFField(cfg.field) for _ in range(cfg.particles)]).to(self.device)
+        self.backgrounds = torch.nn.ModuleList([Background(cfg.background)
+                                                for _ in range(cfg.particles)]).to(self.device)
+        self.optimizers = [
+            torch.optim.AdamW(
+                field.param_groups(cfg) + [{"params": list(background.parameters()), "lr": cfg.lr_background}],
+                betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+            for field, background in zip(self.fields, self.backgrounds)
+        ]
+        self.uncond_emb = prior.encode_prompts([recipe.prior.negative_prompt])
+        # Eq. (9): the prior sees the view-dependent prompt y^c, the score model y and the camera c
+        self.plain_emb = prior.encode_prompts([prompt])
+
+    # -- the Problem interface ----------------------------------------------------------------
+
+    def sample_view(self, step: int) -> View:
+        batch = self.recipe.nerf.batch_size
+        cameras = sample_cameras(self.recipe.camera, batch, generator=self.generator)
+        prompts = view_prompts(self.prompt, cameras, self.recipe.camera)
+        cond = Conditioning(text_emb=self.prior.encode_prompts(prompts),
+                            uncond_emb=self.uncond_emb.expand(batch, -1, -1),
+                            camera=cameras.embedding().to(self.device),
+                            score_text_emb=self.plain_emb.expand(batch, -1, -1))
+        return View(cameras=cameras.to(self.device), cond=cond, resolution=resolution_at(self.recipe, step))
+
+    def render(self, particle: int, view: View, step: int) -> Rendered:
+        cfg = self.recipe.nerf
+        batch = len(view.cameras)
+        background_color = None
+        # random solid backgrounds stop the field from painting the object into the background
+        if float(torch.rand((), generator=self.generator)) < cfg.background.random_color_prob:
+            background_color = torch.rand(batch, 3, generator=self.generator).to(self.device)
+        out = render(self.fields[particle], self.backgrounds[particle], view.cameras, view.resolution,
+                     view.resolution, cfg.render, background_color=background_color, generator=self.generator)
+        return Rendered(rgb=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth})
+
+    def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.recipe.nerf
+        opacity = rendered.extras["opacity"]
+        # sparsity: a smooth L1 on opacity discourages floaters and haze
+        sparsity = torch.sqrt(opacity ** 2 + 0.01).mean()
+        # opaque: binary entropy of opacity, pushing it to 0 or 1 late in training (clean extraction)
+        o = opacity.clamp(1e-3, 1 - 1e-3)
+        opaque = -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
+        loss = cfg.lambda_sparsity * sparsity + opaque_weight(self.recipe, step) * opaque
+        return loss, {"sparsity": float(sparsity.detach()), "opaque": float(opaque.detach())}
+
+    def optimizer(self, particle: int) -> torch.optim.Optimizer:
+        return self.optimizers[particle]
+
+    # -- checkpoint state -----------------------------------------------------------------------
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (field, background) in enumerate(zip(self.fields, self.backgrounds)):
+            out.update({f"particle{i}.field.{k}": v for k, v in field.state_dict().items()})
+            out.update({f"particle{i}.background.{k}": v for k, v in background.state_dict().items()})
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for i, (field, background) in enumerate(zip(self.fields, self.backgrounds)):
+            for prefix, module in ((f"particle{i}.field.", field), (f"particle{i}.background.", background)):
+                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+    @torch.no_grad()
+    def preview(self, resolution: int, views: int = 4) -> np.ndarray:
+        """A grid image: one row per particle, `views` azimuths around the evaluation orbit."""
+        cam = self.recipe.camera
+        cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg).to(self.device)
+        rows = []
+        for field, background in zip(self.fields, self.backgrounds):
+            out = render(field, background, cameras, resolution, resolution, self.recipe.nerf.render,
+                         stratified=False)
+            rows.append(torch.cat(list(out.rgb), dim=1))  # views side by side
+        grid = torch.cat(rows, dim=0).clamp(0, 1)
+        return (grid.cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def build_distiller(recipe: Recipe, prior: DiffusionPrior):
+    if recipe.guidance.method == "sds":
+        return SDS(prior, recipe.guidance)
+    score_model = ScoreModel(prior, recipe.score_model)
+    return VSD(prior, score_model, recipe.guidance, recipe.score_model)
+
+
+@dataclass
+class NeRFResult:
+    run_dir: Path
+    status: str
+    step: int
+    steps: int
+    seconds: float
+
+
+def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
+        console: Console | None = None) -> NeRFResult:
+    """Train (or resume) the NeRF stage of `run_dir`. Raises Interrupted on Ctrl-C after checkpointing."""
+    console = console or Console(stderr=True)
+    run = RunDir.open(run_dir) if resume else RunDir.create(run_dir, prompt, recipe.seed, recipe.name)
+    stage = run.stage(STAGE)
+    checkpoint = None
+    if resume:
+        manifest = stage.manifest
+        if manifest is None:
+            raise ArtifactError(f"{stage.path} has no manifest to resume; start it with `prolific nerf`")
+        if manifest.get("status") == "complete":
+            raise ArtifactError(f"{stage.path} is already complete ({manifest['step']} steps)")
+        recipe = from_dict(manifest["config"])  # bit-for-bit the config the run started with
+        prompt = run.info["prompt"]
+        checkpoint = load_checkpoint(stage.checkpoint_dir) if stage.checkpoint_dir.exists() or \
+            stage.checkpoint_dir.with_name("checkpoint.old").exists() else None
+    elif stage.manifest is not None:
+        raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
+                            f"continue it with `prolific nerf --resume {run.path}` or choose another --out")
+
+    torch.manual_seed(recipe.seed)  # parameter initialisation
+    generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop
+    console.print(f"[dim]loading prior {recipe.prior.model}[/]")
+    prior = load_prior(recipe.prior)
+    particles = NeRFParticles(recipe, prior, prompt, generator)
+    distiller = build_distiller(recipe, prior)
+
+    start = 0
+    if checkpoint is not None:
+        particles.load_tensors(checkpoint.tensors)
+        for i, optimizer in enumerate(particles.optimizers):
+            optimizer.load_state_dict(checkpoint.optimizer_states[f"particle{i}"])
+        if "distiller" in checkpoint.optimizer_states:  # SDS has no state of its own
+            distiller.load_state_dict({"score_model": _prefixed(checkpoint.tensors, "distiller."),
+                                       "optimizer": checkpoint.optimizer_states["distiller"]})
+        generator.set_state(checkpoint.tensors["rng.generator"])
+        start = checkpoint.step
+        console.print(f"[dim]resuming {run.path} from step {start}[/]")
+
+    steps = recipe.nerf.steps
+    stage.begin(to_dict(recipe), steps, inputs=[], step=start)
+
+    def write_checkpoint(step: int) -> None:
+        tensors = particles.tensors()
+        distiller_state = distiller.state_dict()
+        tensors.update({f"distiller.{k}": v for k, v in distiller_state.get("score_model", {}).items()})
+        tensors["rng.generator"] = generator.get_state()
+        optimizer_states = {f"particle{i}": opt.state_dict() for i, opt in enumerate(particles.optimizers)}
+        if "optimizer" in distiller_state:
+            optimizer_states["distiller"] = distiller_state["optimizer"]
+        save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
+                        extra={"prompt": prompt, "stage": STAGE})
+        stage.progress(step, force=True)
+
+    def write_preview(step: int) -> None:
+        image = Image.fromarray(particles.preview(recipe.nerf.preview_resolution))
+        image.save(stage.previews_dir / f"step-{step:06d}.png")
+        image.save(stage.previews_dir / "latest.png")
+
+    schedule = getattr(distiller, "schedule", None)
+
+    def describe(step: int) -> str:
+        lo, hi = schedule.t_range(step) if schedule is not None else (0, 0)
+        return f"res {resolution_at(recipe, step)} t [{lo},{hi}]"
+
+    last_checkpoint = [start]  # what a failed run can be resumed from
+
+    def checkpoint_hook(step: int) -> None:
+        write_checkpoint(step)
+        last_checkpoint[0] = step
+
+    hooks = LoopHooks(checkpoint=checkpoint_hook, preview=write_preview,
+                      log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
+    step_fn = lambda step: optimization_step(particles, prior.encode_images, distiller, step, generator)  # noqa: E731
+    try:
+        done = run_loop(step_fn, start=start, steps=steps, hooks=hooks,
+                        checkpoint_every=recipe.nerf.checkpoint_every, preview_every=recipe.nerf.preview_every,
+                        log_every=recipe.nerf.log_every, console=console, title=f"nerf {recipe.guidance.method}")
+        write_checkpoint(done)
+    except Interrupted as exc:
+        stage.finish("interrupted", exc.step)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step, the last one stands
+        stage.finish("interrupted", last_checkpoint[0])
+        raise
+    except BaseException as exc:
+        stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
+        raise
+    stage.finish("complete", done, outputs=["checkpoint/weights.safetensors", "previews/latest.png"])
+    return NeRFResult(run.path, "complete", done, steps, float(stage.manifest["timings"]["seconds"]))
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -48,6 +48,16 @@ def user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, ArtifactError, PriorLoadError
 
 
+def quiet_libraries() -> None:
+    """diffusers/transformers print per-load progress bars and advisory warnings; ours is the one bar."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for logging in (diffusers.utils.logging, transformers.utils.logging):
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"prolificli {__version__}")
@@ -114,6 +124,7 @@ def nerf(
                     sets.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
             recipe_obj = build_recipe(recipe, sets)
             run_dir = out if out is not None else Path("runs") / slugify(text)
+        quiet_libraries()
         try:
             result = nerf_stage.run(recipe_obj, text, run_dir, resume=resume is not None, console=stderr)
         except Interrupted as exc:

@@ -40,38 +40,22 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections
 
 
 def _load_separate_unet(prior, name: str) -> nn.Module:
-    """The UNet of another diffusers model: a local directory, or a hub id (cache first, then the
-    hub, probed once like the prior's loader so an offline machine fails at once)."""
+    """The UNet of another diffusers model (a local directory, or a hub id; see load_local_or_hub)."""
     from diffusers import UNet2DConditionModel
 
     from prolificli.prior import PriorLoadError
-    from prolificli.prior.diffusion import _hub_offline, _hub_reachable, _looks_like_path
+    from prolificli.prior.diffusion import load_local_or_hub
 
-    def load(local_files_only: bool) -> nn.Module:
+    def load(source: str, local_files_only: bool) -> nn.Module:
         with warnings.catch_warnings():
             # diffusers passes a deprecated argument to huggingface_hub on every hub load
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             return UNet2DConditionModel.from_pretrained(
-                name, subfolder="unet", torch_dtype=prior.dtype, local_files_only=local_files_only
+                source, subfolder="unet", torch_dtype=prior.dtype, local_files_only=local_files_only
             )
 
     what = f"cannot load the score model's base UNet '{name}' (score_model.base: 'prior' or a diffusers model)"
-    try:
-        if Path(name).expanduser().is_dir():
-            unet = load(local_files_only=True)
-        elif _looks_like_path(name):
-            raise PriorLoadError(f"{what}: no such directory")
-        else:
-            try:
-                unet = load(local_files_only=True)
-            except (OSError, ValueError):
-                if _hub_offline() or not _hub_reachable():
-                    reason = "not in the Hugging Face cache and the hub is unreachable"
-                    raise PriorLoadError(f"{what}: {reason}") from None
-                unet = load(local_files_only=False)
-    except (OSError, ValueError) as exc:
-        message = str(exc).strip()
-        raise PriorLoadError(f"{what}: {message.splitlines()[0] if message else type(exc).__name__}") from None
+    unet = load_local_or_hub(name, what, "--set score_model.base=", load)
     if unet.config.in_channels != prior.unet.config.in_channels:
         raise PriorLoadError(
             f"score model base '{name}' takes {unet.config.in_channels} input channels but the prior "

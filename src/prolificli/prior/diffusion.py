@@ -17,8 +17,9 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from prolificli.config import PriorConfig
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 HUB_PROBE_TIMEOUT_S = 5.0
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+T = TypeVar("T")
 
 
 class PriorLoadError(Exception):
@@ -252,33 +254,56 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_prior(cfg: PriorConfig) -> DiffusionPrior:
-    """Load the frozen prior from a local diffusers directory or a Hugging Face hub id.
-
-    A hub id is first looked up in the local Hugging Face cache only; the network is tried only
-    when HF_HUB_OFFLINE is not set and a single short request shows the hub is reachable, so an
-    offline machine fails in well under a second instead of after minutes of retries.
-    """
+    """Load the frozen prior from a local diffusers directory or a Hugging Face hub id."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    source = cfg.model
-    path = Path(source).expanduser()
-    if path.is_dir():
-        try:
-            components = _load_components(str(path), source, dtype, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise PriorLoadError(f"cannot load model '{source}': {_first_line(exc)}") from None
-    elif path.exists():
-        raise PriorLoadError(f"cannot load model '{source}': it is a file, not a diffusers model directory")
-    elif _looks_like_path(source):
-        raise PriorLoadError(f"cannot load model '{source}': no such directory")
-    else:
-        components = _load_from_hub(source, dtype)
-
+    components = load_local_or_hub(
+        cfg.model, f"cannot load model '{cfg.model}'", "--model",
+        lambda source, local_files_only: _load_components(source, cfg.model, dtype, local_files_only=local_files_only))
     unet, vae, text_encoder, tokenizer, scheduler = components
     for module in (unet, vae, text_encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
     return DiffusionPrior(unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=dtype)
+
+
+def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, bool], T]) -> T:
+    """`load(source, local_files_only)` for a local directory or a Hugging Face hub id.
+
+    A hub id is first looked up in the local cache only; the network is tried only when
+    HF_HUB_OFFLINE is not set and a single short request shows the hub is reachable, so an
+    offline machine fails in well under a second instead of after ~25 s of retries. Every
+    failure is a one-line PriorLoadError starting with `what`; `option` is the flag that takes
+    a local copy instead.
+    """
+    from huggingface_hub.errors import HFValidationError
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            return load(str(path), True)
+        except (OSError, ValueError) as exc:
+            raise PriorLoadError(f"{what}: {_first_line(exc)}") from None
+    if path.exists():
+        raise PriorLoadError(f"{what}: it is a file, not a diffusers model directory")
+    if _looks_like_path(source):
+        raise PriorLoadError(f"{what}: no such directory")
+    try:
+        return load(source, True)
+    except HFValidationError:
+        raise PriorLoadError(f"{what}: no such directory, and not a valid hub id") from None
+    except (OSError, ValueError):
+        pass  # not (completely) in the cache
+    why = "HF_HUB_OFFLINE is set" if _hub_offline() else None if _hub_reachable() else "the hub is unreachable"
+    if why is not None:
+        raise PriorLoadError(
+            f"{what}: not a local directory and not in the Hugging Face cache, and {why}. Download it on a "
+            f"connected machine (hf download {source} --local-dir DIR) and pass {option} DIR "
+            f"(to try the tool offline: python -m prolificli.prior.tiny DIR).")
+    try:
+        return load(source, False)
+    except (OSError, ValueError) as exc:
+        raise PriorLoadError(f"{what} from the Hugging Face hub: {_first_line(exc)}") from None
 
 
 def _looks_like_path(source: str) -> bool:
@@ -303,33 +328,6 @@ def _hub_reachable() -> bool:
     except Exception:  # any transport failure (DNS, refused, timeout, proxy) means unreachable
         return False
     return True
-
-
-def _not_available(repo_id: str, why: str) -> PriorLoadError:
-    return PriorLoadError(
-        f"cannot load model '{repo_id}': not a local directory and not in the Hugging Face cache, "
-        f"and {why}. Download it on a connected machine (hf download {repo_id} --local-dir DIR) "
-        f"and pass --model DIR (to try the tool offline: python -m prolificli.prior.tiny DIR)."
-    )
-
-
-def _load_from_hub(repo_id: str, dtype: torch.dtype) -> tuple:
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        return _load_components(repo_id, repo_id, dtype, local_files_only=True)
-    except HFValidationError:
-        raise PriorLoadError(f"cannot load model '{repo_id}': no such directory, and not a valid hub id") from None
-    except (OSError, ValueError):
-        pass  # not (completely) in the cache
-    if _hub_offline():
-        raise _not_available(repo_id, "HF_HUB_OFFLINE is set") from None
-    if not _hub_reachable():
-        raise _not_available(repo_id, "the hub is unreachable") from None
-    try:
-        return _load_components(repo_id, repo_id, dtype, local_files_only=False)
-    except (OSError, ValueError) as exc:
-        raise PriorLoadError(f"cannot load model '{repo_id}' from the Hugging Face hub: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

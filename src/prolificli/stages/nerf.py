@@ -164,8 +164,10 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
         checkpoint = load_checkpoint(stage.checkpoint_dir) if stage.checkpoint_dir.exists() or \
             stage.checkpoint_dir.with_name("checkpoint.old").exists() else None
     elif stage.manifest is not None:
-        raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
-                            f"continue it with `prolific nerf --resume {run.path}` or choose another --out")
+        status = stage.manifest.get("status")
+        hint = "choose another --out" if status == "complete" else \
+            f"continue it with `prolific nerf --resume {run.path}` or choose another --out"
+        raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
 
     torch.manual_seed(recipe.seed)  # parameter initialisation
     generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop

@@ -257,14 +257,28 @@ def load_prior(cfg: PriorConfig) -> DiffusionPrior:
     """Load the frozen prior from a local diffusers directory or a Hugging Face hub id."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    source = resolve_model_alias(cfg.model)
     components = load_local_or_hub(
-        cfg.model, f"cannot load model '{cfg.model}'", "--model",
+        source, f"cannot load model '{cfg.model}'", "--model",
         lambda source, local_files_only: _load_components(source, cfg.model, dtype, local_files_only=local_files_only))
     unet, vae, text_encoder, tokenizer, scheduler = components
     for module in (unet, vae, text_encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
     return DiffusionPrior(unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=dtype)
+
+
+TOY_PRIOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-prior"
+
+
+def resolve_model_alias(name: str) -> str:
+    """`toy` is the toy world's prior shipped inside the package; any other name is itself."""
+    if name != "toy":
+        return name
+    if not (TOY_PRIOR_DIR / "model_index.json").is_file():
+        raise PriorLoadError(f"the toy prior is not in this installation ({TOY_PRIOR_DIR}); "
+                             "build it with: python -m prolificli.toyworld.train_prior")
+    return str(TOY_PRIOR_DIR)
 
 
 def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, bool], T]) -> T:

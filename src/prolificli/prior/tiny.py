@@ -51,22 +51,35 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
-def write_tokenizer_files(folder: Path) -> None:
+def _word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges that build each word left to right into one token ("cone</w>")."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        prefix = pieces[0]
+        for piece in pieces[1:]:
+            merges.append((prefix, piece))
+            prefix += piece
+    return list(dict.fromkeys(merges))
+
+
+def write_tokenizer_files(folder: Path, words: list[str] = (), max_length: int = MAX_PROMPT_TOKENS) -> None:
     """vocab.json + merges.txt + tokenizer_config.json laid out like CLIP's (bytes, bytes</w>,
-    merges, then the two special tokens)."""
+    merges, then the two special tokens). `words` get merges that make each of them one token."""
     folder.mkdir(parents=True, exist_ok=True)
+    merges_list = _MERGES + _word_merges([w.lower() for w in words])
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
-    tokens += ["".join(pair) for pair in _MERGES]
+    tokens += ["".join(pair) for pair in merges_list]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     assert len(vocab) <= VOCAB_SIZE
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    merges = "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in _MERGES) + "\n"
+    merges = "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges_list) + "\n"
     (folder / "merges.txt").write_text(merges, encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_PROMPT_TOKENS,
+        "model_max_length": max_length,
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",

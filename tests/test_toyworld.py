@@ -1,0 +1,103 @@
+"""The toy world's geometry, renders and captions, checked against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prolificli.cameras import orbit_cameras
+from prolificli.toyworld.data import captions_for, make_dataset, render_object
+from prolificli.toyworld.shapes import (COLOURS, SCALE, SHAPES, ToyObject, ToyObjectField, ground_truth_mesh,
+                                        parse_prompt, signed_distance)
+from prolificli.toyworld.train_prior import WORDS, sample_captions
+
+
+def winding_number(mesh, points: np.ndarray) -> np.ndarray:
+    """Generalised winding number (sum of signed solid angles / 4 pi; Van Oosterom-Strackee):
+    ~1 inside a closed mesh, ~0 outside."""
+    total = np.zeros(len(points))
+    for start in range(0, len(mesh.faces), 512):
+        tri = mesh.vertices[mesh.faces[start:start + 512]]  # [F,3,3]
+        a, b, c = (tri[None, :, i, :] - points[:, None, :] for i in range(3))
+        la, lb, lc = (np.linalg.norm(v, axis=-1) for v in (a, b, c))
+        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
+        denom = la * lb * lc + np.einsum("pfi,pfi->pf", a, b) * lc + np.einsum("pfi,pfi->pf", b, c) * la \
+            + np.einsum("pfi,pfi->pf", c, a) * lb
+        total += 2 * np.arctan2(det, denom).sum(axis=1)
+    return total / (4 * np.pi)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_signed_distance_sign_agrees_with_the_mesh(shape):
+    """Inside/outside from the SDF vs the winding number of the independently built mesh."""
+    mesh = ground_truth_mesh(shape)
+    assert mesh.is_watertight
+    points = np.random.default_rng(0).uniform(-0.42, 0.42, size=(600, 3))
+    sdf = signed_distance(shape, torch.tensor(points, dtype=torch.float32)).numpy()
+    far_from_surface = np.abs(sdf) > 0.015  # the mesh is a faceted approximation of round shapes
+    inside = np.abs(winding_number(mesh, points)) > 0.5
+    agreement = ((sdf < 0) == inside)[far_from_surface].mean()
+    assert agreement == 1.0, agreement
+    assert (sdf < 0).mean() > 0.04  # the test is not vacuous: many points are inside
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_objects_fit_the_object_centric_bounds(shape):
+    vertices = ground_truth_mesh(shape).vertices
+    assert np.linalg.norm(vertices, axis=1).max() < 0.5
+
+
+def test_sphere_render_matches_the_projected_disc():
+    """A sphere of radius r seen from distance d covers a disc of angular radius asin(r/d)."""
+    obj = ToyObject("sphere", "red")
+    cameras = orbit_cameras(1, elevation_deg=0.0, distance=1.5, fovy_deg=60.0)
+    out = render_object(obj, cameras, 64)
+    covered = (out.opacity[0, ..., 0] > 0.5).float().mean().item()
+    half_angle = np.arcsin(0.42 * SCALE / 1.5)
+    # disc radius in pixels on a 64 px image whose half-height spans tan(30 deg)
+    radius_px = np.tan(half_angle) / np.tan(np.radians(30)) * 32
+    expected = np.pi * radius_px ** 2 / 64 ** 2
+    assert covered == pytest.approx(expected, rel=0.05)
+
+
+def test_shading_is_view_independent():
+    """The same surface point has the same colour from any camera (Lambert, world-fixed light)."""
+    field = ToyObjectField(ToyObject("cube", "green"))
+    points = torch.tensor([[0.33, 0.1, 0.05], [0.0, 0.0, 0.33], [-0.2, 0.33, 0.0]]) * SCALE
+    _, colour_a = field(points)
+    _, colour_b = field(points.clone())
+    assert torch.equal(colour_a, colour_b)
+    top, side = colour_a[1], colour_a[2]  # the light comes from above: the top is brighter
+    assert top.sum() > side.sum()
+
+
+def test_parse_prompt_and_captions():
+    assert parse_prompt("a red cube, front view") == ("cube", "red")
+    assert parse_prompt("a torus") == ("torus", None)
+    assert parse_prompt("a purple object, overhead view") == (None, "purple")
+    assert parse_prompt("an object") == (None, None)
+    assert captions_for(ToyObject("cone", "blue")) == ["a blue cone", "a cone", "a blue object", "an object"]
+    assert set(WORDS) >= set(SHAPES) | set(COLOURS)
+
+
+def test_dataset_records_cameras_and_labels():
+    data = make_dataset(views_per_object=1, resolution=16, seed=0)
+    assert data.images.shape == (36, 16, 16, 3) and data.images.dtype == torch.uint8
+    assert data.c2w.shape == (36, 4, 4)
+    assert data.shape_index.tolist() == [i // 6 for i in range(36)]
+    assert data.colour_index.tolist() == [i % 6 for i in range(36)]
+    # every object occupies part of the frame and leaves white background around it
+    covered = data.opacity.float().mean(dim=(1, 2)) / 255
+    assert (covered > 0.01).all() and (covered < 0.9).all()
+
+
+def test_training_captions_mix_levels_suffixes_and_empty():
+    generator = torch.Generator().manual_seed(0)
+    index = torch.zeros(2000, dtype=torch.long)  # object 0: a red sphere
+    captions = sample_captions(index, ["front view"] * 2000, generator)
+    assert all(c == "" or c.split(",")[0] in captions_for(ToyObject("sphere", "red")) for c in captions)
+    empty = sum(c == "" for c in captions) / len(captions)
+    assert 0.07 < empty < 0.13
+    assert any(c == "a red sphere, front view" for c in captions)
+    assert any(c == "an object" for c in captions)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, StageDir, load_checkpoint, save_checkpoint
+from ..artifacts import ArtifactError, RunDir, find_checkpoint, load_checkpoint, save_checkpoint
 from ..cameras import orbit_cameras, sample_cameras, view_prompts
 from ..config import Recipe, from_dict, to_dict
 from ..distill import SDS, VSD, Conditioning, ScoreModel
@@ -113,8 +113,8 @@ class NeRFParticles:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, (field, background) in enumerate(zip(self.fields, self.backgrounds)):
-            for prefix, module in ((f"particle{i}.field.", field), (f"particle{i}.background.", background)):
-                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            field.load_state_dict(_prefixed(tensors, f"particle{i}.field."))
+            background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
 
     @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:
@@ -128,6 +128,20 @@ class NeRFParticles:
             rows.append(torch.cat(list(out.rgb), dim=1))  # views side by side
         grid = torch.cat(rows, dim=0).clamp(0, 1)
         return (grid.cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Recipe, list[tuple[NeRFField, Background]]]:
+    """The trained (field, background) of every particle of a complete NeRF stage."""
+    stage = RunDir.open(run_dir).stage(STAGE)
+    recipe = from_dict(stage.require_complete(STAGE)["config"])
+    tensors = load_checkpoint(stage.checkpoint_dir).tensors
+    particles = []
+    for i in range(recipe.nerf.particles):
+        field, background = NeRFField(recipe.nerf.field), Background(recipe.nerf.background)
+        field.load_state_dict(_prefixed(tensors, f"particle{i}.field."))
+        background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
+        particles.append((field.to(device).eval(), background.to(device).eval()))
+    return recipe, particles
 
 
 def build_distiller(recipe: Recipe, prior: DiffusionPrior):
@@ -161,8 +175,9 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
             raise ArtifactError(f"{stage.path} is already complete ({manifest['step']} steps)")
         recipe = from_dict(manifest["config"])  # bit-for-bit the config the run started with
         prompt = run.info["prompt"]
-        checkpoint = load_checkpoint(stage.checkpoint_dir) if stage.checkpoint_dir.exists() or \
-            stage.checkpoint_dir.with_name("checkpoint.old").exists() else None
+        # a run killed before its first checkpoint starts over; a damaged checkpoint is an error
+        has_checkpoint = stage.checkpoint_dir.exists() or find_checkpoint(stage.checkpoint_dir) is not None
+        checkpoint = load_checkpoint(stage.checkpoint_dir) if has_checkpoint else None
     elif stage.manifest is not None:
         status = stage.manifest.get("status")
         hint = "choose another --out" if status == "complete" else \
@@ -191,6 +206,8 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     steps = recipe.nerf.steps
     stage.begin(to_dict(recipe), steps, inputs=[], step=start)
 
+    last_checkpoint = [start]  # what a failed run can be resumed from
+
     def write_checkpoint(step: int) -> None:
         tensors = particles.tensors()
         distiller_state = distiller.state_dict()
@@ -201,6 +218,7 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
             optimizer_states["distiller"] = distiller_state["optimizer"]
         save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
                         extra={"prompt": prompt, "stage": STAGE})
+        last_checkpoint[0] = step
         stage.progress(step, force=True)
 
     def write_preview(step: int) -> None:
@@ -214,13 +232,7 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
         lo, hi = schedule.t_range(step) if schedule is not None else (0, 0)
         return f"res {resolution_at(recipe, step)} t [{lo},{hi}]"
 
-    last_checkpoint = [start]  # what a failed run can be resumed from
-
-    def checkpoint_hook(step: int) -> None:
-        write_checkpoint(step)
-        last_checkpoint[0] = step
-
-    hooks = LoopHooks(checkpoint=checkpoint_hook, preview=write_preview,
+    hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview,
                       log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
     step_fn = lambda step: optimization_step(particles, prior.encode_images, distiller, step, generator)  # noqa: E731
     try:

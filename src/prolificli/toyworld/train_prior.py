@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                 captions = sample_captions(heldout.object_index, heldout.suffix, eval_generator)
                 heldout_loss = float(diffusion_loss(ema["unet"], ema["text_encoder"], tokenizer, alphas_cumprod,
                                                     heldout.images, captions, eval_generator))
-            record = {"step": done, "loss": float(loss), "heldout_loss": heldout_loss,
+            record = {"step": done, "loss": float(loss.detach()), "heldout_loss": heldout_loss,
                       "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - tic, 1)}
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")

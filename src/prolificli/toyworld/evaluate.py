@@ -1,0 +1,64 @@
+"""Measure a NeRF against the toy world's ground truth: what the scorer reads in its renders,
+and how well its silhouette and depth match the true object from the same cameras."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras, orbit_cameras
+from ..config import Recipe
+from ..render.volume import render
+from .data import render_object
+from .scorer import ToyScorer
+from .shapes import SHAPES, ToyObject, parse_prompt
+
+
+def evaluation_cameras(recipe: Recipe, views: int = 8) -> Cameras:
+    """`views` azimuths around the recipe's evaluation orbit (elevation 15 deg by default)."""
+    cam = recipe.camera
+    return orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
+
+
+@dataclass
+class ParticleReport:
+    prompt_accuracy: float  # fraction of views the scorer reads as the prompt
+    silhouette_iou: float | None  # None when the prompt leaves the shape open (no single truth)
+    depth_error: float | None  # mean |depth - true depth| where both are opaque, world units
+    shape_votes: dict[str, int]  # scorer's shape reading per view
+
+
+def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
+    ours, truth = opacity > 0.5, true_opacity > 0.5
+    union = (ours | truth).sum().item()
+    return (ours & truth).sum().item() / union if union else 1.0
+
+
+def depth_error(depth: Tensor, opacity: Tensor, true_depth: Tensor, true_opacity: Tensor) -> float:
+    both = (opacity > 0.5) & (true_opacity > 0.5)
+    if not both.any():
+        return float("nan")
+    # the renderer's depth is sum(w t): divide by the opacity for the surface distance
+    ours = depth[both] / opacity[both]
+    truth = true_depth[both] / true_opacity[both]
+    return (ours - truth).abs().mean().item()
+
+
+@torch.no_grad()
+def evaluate_particle(field, background, recipe: Recipe, prompt: str, scorer: ToyScorer, *, views: int = 8,
+                      resolution: int = 64) -> ParticleReport:
+    cameras = evaluation_cameras(recipe, views)
+    out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
+    images = out.rgb.permute(0, 3, 1, 2).clamp(0, 1)
+    accuracy = scorer.matches(images, prompt).float().mean().item()
+    shapes, _ = scorer.classify(images)
+    votes = {shape: shapes.count(shape) for shape in SHAPES if shape in shapes}
+    shape, colour = parse_prompt(prompt)
+    iou = error = None
+    if shape is not None:
+        truth = render_object(ToyObject(shape, colour or "red"), cameras, resolution)
+        iou = silhouette_iou(out.opacity, truth.opacity)
+        error = depth_error(out.depth, out.opacity, truth.depth, truth.opacity)
+    return ParticleReport(accuracy, iou, error, votes)

@@ -97,6 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     parts = args.only or ["prior", "nerf", "diverse"]
     console = Console(stderr=True)
+    from prolificli.cli import quiet_libraries
+
+    quiet_libraries()
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
 
     if "prior" in parts:
@@ -150,8 +153,9 @@ def main() -> None:
               f"({seconds:.0f} s)")
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "toyworld.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS / 'toyworld.json'}")
+    out = RESULTS / f"toyworld-{'-'.join(parts)}.json"  # one file per part set: partial runs do not clobber
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from prolificli.config import PriorConfig, Recipe
@@ -58,3 +60,17 @@ def test_the_true_object_scores_as_itself():
     sphere = ToyObjectField(ToyObject("sphere", "red"))
     wrong = evaluate_particle(sphere, background, recipe, "a red cube", scorer, views=4, resolution=32)
     assert wrong.silhouette_iou < report.silhouette_iou - 0.1
+
+
+def test_toy_recipe_end_to_end(tmp_path):
+    """The README's offline demo, shortened: the shipped prior through the real CLI."""
+    from typer.testing import CliRunner
+
+    from prolificli.cli import app
+
+    out = tmp_path / "cube"
+    recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml")
+    result = CliRunner().invoke(app, ["nerf", "a red cube", "--recipe", recipe, "--out", str(out), "--steps", "3",
+                                      "--set", "nerf.preview_every=3"])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert (out / "nerf" / "previews" / "latest.png").is_file()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,7 +40,7 @@ def prior_gate(samples_per_caption: int, seed: int) -> dict:
     from prolificli.config import PriorConfig
     from prolificli.prior import load_prior
     from prolificli.prior.sampling import sample_images
-    from prolificli.toyworld.scorer import load_scorer
+    from prolificli.toyworld.scorer import DEFAULT_DIR, load_scorer
     from prolificli.toyworld.shapes import all_objects
 
     prior = load_prior(PriorConfig(model="toy"))
@@ -54,15 +55,9 @@ def prior_gate(samples_per_caption: int, seed: int) -> dict:
         per_caption[obj.caption] = ok.float().mean().item()
         correct += int(ok.sum())
         total += len(prompts)
-    scorer_info = json.loads((Path(scorer_dir()) / "config.json").read_text())
+    scorer_info = json.loads((DEFAULT_DIR / "config.json").read_text())
     return {"prior_sample_accuracy": correct / total, "samples": total, "per_caption": per_caption,
             "scorer_heldout_accuracy": scorer_info["accuracy"], "scorer_heldout_views": scorer_info["heldout_views"]}
-
-
-def scorer_dir() -> Path:
-    from prolificli.toyworld.scorer import DEFAULT_DIR
-
-    return DEFAULT_DIR
 
 
 def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> tuple[Path, float]:
@@ -116,10 +111,7 @@ def main() -> None:
         for method in args.methods:
             for prompt in args.prompts:
                 out = args.runs / method / prompt.replace(" ", "-")
-                if out.exists():
-                    import shutil
-
-                    shutil.rmtree(out)
+                shutil.rmtree(out, ignore_errors=True)
                 _, seconds = run_nerf(prompt, METHODS[method] + args.overrides, out, console)
                 report = evaluate_run(out, prompt)[0]
                 rows.append({"method": method, "prompt": prompt, "seconds": round(seconds, 1),
@@ -139,10 +131,7 @@ def main() -> None:
     if "diverse" in parts:
         prompt = "a red object"
         out = args.runs / "diverse" / "a-red-object"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         _, seconds = run_nerf(prompt, ["guidance.method=vsd", "nerf.particles=4"] + args.overrides, out, console)
         reports = evaluate_run(out, prompt)
         shapes = [Counter(r.shape_votes).most_common(1)[0][0] for r in reports]

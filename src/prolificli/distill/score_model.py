@@ -25,7 +25,6 @@ rounding. On CPU everything is float32.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

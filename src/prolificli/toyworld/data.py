@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras, sample_cameras, view_suffix
-from ..config import CameraConfig, VolumeRenderConfig
+from ..config import BackgroundConfig, CameraConfig, VolumeRenderConfig
 from ..render.background import Background
-from ..config import BackgroundConfig
 from ..render.volume import RenderOutput, render
-from .shapes import COLOURS, SHAPES, ToyObject, ToyObjectField, all_objects
+from .shapes import COLOURS, ToyObject, ToyObjectField, all_objects
 
 BACKGROUND = BackgroundConfig(kind="solid", color=(1.0, 1.0, 1.0), random_color_prob=0.0)
 # many samples: the ground truth's sharp density must not alias
@@ -73,5 +72,3 @@ def make_dataset(views_per_object: int, resolution: int, seed: int,
     return ToyDataset(torch.cat(images), torch.cat(opacity), torch.cat(index), torch.cat(c2w), torch.cat(fovy),
                       suffix)
 
-
-assert len(SHAPES) * len(COLOURS) == 36

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..cameras import Cameras
 from .data import captions_for, make_dataset
 from .shapes import COLOURS, SHAPES, all_objects
 
@@ -144,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
 
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Triangle meshes: tetrahedral grids, marching tetrahedra (DMTet), mesh utilities and export."""

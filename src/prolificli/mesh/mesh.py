@@ -1,0 +1,128 @@
+"""A triangle mesh as two tensors, with the few operations the mesh stages need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class MeshError(ValueError):
+    """A mesh that cannot be read or used; the message is shown to the user as it is."""
+
+
+@dataclass
+class Mesh:
+    vertices: Tensor  # [N,3]
+    faces: Tensor  # [F,3] long, counter-clockwise seen from outside
+    colors: Tensor | None = None  # [N,3] in [0,1]
+
+    def face_normals(self) -> Tensor:
+        a, b, c = (self.vertices[self.faces[:, k]] for k in range(3))
+        return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1)
+
+    def vertex_normals(self) -> Tensor:
+        """Area-weighted average of the adjacent faces' normals."""
+        a, b, c = (self.vertices[self.faces[:, k]] for k in range(3))
+        weighted = torch.linalg.cross(b - a, c - a)  # length = twice the area
+        normals = torch.zeros_like(self.vertices)
+        for k in range(3):
+            normals = normals.index_add(0, self.faces[:, k], weighted)
+        return torch.nn.functional.normalize(normals, dim=-1)
+
+    def edges(self) -> Tensor:
+        """Unique undirected edges [E,2]."""
+        e = torch.cat([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]])
+        return torch.unique(torch.sort(e, dim=1).values, dim=0)
+
+    def to_trimesh(self):
+        import trimesh
+
+        colors = None
+        if self.colors is not None:
+            colors = (self.colors.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return trimesh.Trimesh(self.vertices.detach().cpu().numpy(), self.faces.cpu().numpy(),
+                               vertex_colors=colors, process=False)
+
+    def detach(self) -> Mesh:
+        return Mesh(self.vertices.detach(), self.faces, None if self.colors is None else self.colors.detach())
+
+
+def load_mesh(path: Path) -> Mesh:
+    """Any mesh trimesh reads (OBJ, PLY, GLB, STL, ...), scenes merged into one mesh."""
+    import trimesh
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise MeshError(f"mesh file not found: {path}")
+    try:
+        loaded = trimesh.load(path, force="mesh", process=True)
+    except Exception as exc:  # trimesh raises many kinds for bad files
+        raise MeshError(f"cannot read mesh {path}: {exc}") from None
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+        raise MeshError(f"{path} holds no triangles")
+    return Mesh(torch.tensor(np.asarray(loaded.vertices), dtype=torch.float32),
+                torch.tensor(np.asarray(loaded.faces), dtype=torch.long))
+
+
+def remove_small_components(mesh: Mesh, min_fraction: float) -> tuple[Mesh, int]:
+    """Drop connected pieces with fewer than `min_fraction` of the largest piece's faces.
+
+    Returns the cleaned mesh (unused vertices removed; indexing keeps gradients) and the number
+    of pieces dropped.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(mesh.faces) == 0:
+        return mesh, 0
+    n = len(mesh.vertices)
+    edges = mesh.edges().cpu().numpy()
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    face_label = labels[mesh.faces[:, 0].cpu().numpy()]
+    sizes = np.bincount(face_label, minlength=count)
+    keep_label = sizes >= min_fraction * sizes.max()
+    dropped = int((sizes > 0).sum() - keep_label[sizes > 0].sum())
+    keep_faces = torch.from_numpy(keep_label[face_label]).to(mesh.faces.device)
+    return compact(Mesh(mesh.vertices, mesh.faces[keep_faces], mesh.colors)), dropped
+
+
+def compact(mesh: Mesh) -> Mesh:
+    """Remove vertices no face uses and renumber the faces."""
+    used = torch.zeros(len(mesh.vertices), dtype=torch.bool, device=mesh.vertices.device)
+    used[mesh.faces.reshape(-1)] = True
+    new_index = torch.cumsum(used.long(), 0) - 1
+    colors = None if mesh.colors is None else mesh.colors[used]
+    return Mesh(mesh.vertices[used], new_index[mesh.faces], colors)
+
+
+def normal_consistency(mesh: Mesh) -> Tensor:
+    """Mean of 1 - cos(angle) between the normals of faces sharing an edge."""
+    from ..render.raster import face_neighbors
+
+    neighbors = face_neighbors(mesh.faces)
+    normals = mesh.face_normals()
+    face, edge = torch.nonzero(neighbors >= 0, as_tuple=True)
+    other = neighbors[face, edge]
+    pair = face < other  # each shared edge once
+    cos = (normals[face[pair]] * normals[other[pair]]).sum(-1)
+    return (1 - cos).mean() if len(cos) else mesh.vertices.new_zeros(())
+
+
+def laplacian_smoothness(mesh: Mesh) -> Tensor:
+    """Mean squared distance of each vertex from the average of its neighbours (uniform Laplacian)."""
+    edges = mesh.edges()
+    if len(edges) == 0:
+        return mesh.vertices.new_zeros(())
+    v = mesh.vertices
+    total = torch.zeros_like(v).index_add(0, edges[:, 0], v[edges[:, 1]]).index_add(0, edges[:, 1], v[edges[:, 0]])
+    degree = torch.zeros(len(v), device=v.device, dtype=v.dtype)
+    degree = degree.index_add(0, edges[:, 0], torch.ones_like(edges[:, 0], dtype=v.dtype))
+    degree = degree.index_add(0, edges[:, 1], torch.ones_like(edges[:, 1], dtype=v.dtype))
+    used = degree > 0
+    offset = v[used] - total[used] / degree[used, None]
+    return (offset ** 2).sum(-1).mean()

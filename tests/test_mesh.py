@@ -1,0 +1,121 @@
+"""Tetrahedral grids and marching tetrahedra, checked with trimesh (an independent implementation
+of watertightness, Euler characteristic and volume) against closed forms."""
+
+import math
+
+import pytest
+import torch
+import trimesh
+
+from prolificli.mesh.marching_tets import marching_tetrahedra
+from prolificli.mesh.mesh import Mesh, compact, laplacian_smoothness, normal_consistency, remove_small_components
+from prolificli.mesh.tets import signed_volumes, tet_grid
+
+
+def as_trimesh(points, faces):
+    return trimesh.Trimesh(points.detach().numpy(), faces.numpy(), process=False)
+
+
+def test_tet_grid_fills_the_box_with_positive_tetrahedra():
+    vertices, tets = tet_grid(5, 0.5)
+    assert vertices.shape == (6 ** 3, 3) and tets.shape == (6 * 5 ** 3, 4)
+    volumes = signed_volumes(vertices, tets) / 6
+    assert (volumes > 0).all()
+    assert volumes.sum().item() == pytest.approx(1.0, rel=1e-5)  # the unit box, no gaps or overlaps
+
+
+def test_tet_grid_is_conforming():
+    # every interior triangle is shared by exactly two tetrahedra, boundary ones by one
+    vertices, tets = tet_grid(3, 1.0)
+    faces = torch.cat([tets[:, [0, 1, 2]], tets[:, [0, 1, 3]], tets[:, [0, 2, 3]], tets[:, [1, 2, 3]]])
+    _, counts = torch.unique(torch.sort(faces, dim=1).values, dim=0, return_counts=True)
+    assert set(counts.tolist()) == {1, 2}
+    assert (counts == 1).sum().item() == 6 * 3 * 3 * 2  # 6 box faces, 3x3 squares, 2 triangles each
+
+
+def test_sphere_level_set_is_watertight_with_the_right_radius_and_outward_normals():
+    vertices, tets = tet_grid(32, 0.6)
+    radius = 0.4
+    points, faces = marching_tetrahedra(vertices, tets, vertices.norm(dim=-1) - radius)
+    mesh = as_trimesh(points, faces)
+    assert mesh.is_watertight and mesh.is_winding_consistent
+    assert mesh.euler_number == 2  # genus 0
+    assert points.norm(dim=-1).max().item() <= radius + 1e-5  # chords lie inside the sphere
+    assert points.norm(dim=-1).min().item() == pytest.approx(radius, abs=0.01)
+    # positive volume means the faces wind counter-clockwise seen from outside
+    assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=0.02)
+
+
+def test_torus_level_set_has_genus_one():
+    vertices, tets = tet_grid(40, 0.6)
+    major, minor = 0.3, 0.12
+    ring = torch.stack([vertices[:, :2].norm(dim=-1) - major, vertices[:, 2]], dim=-1)
+    points, faces = marching_tetrahedra(vertices, tets, ring.norm(dim=-1) - minor)
+    mesh = as_trimesh(points, faces)
+    assert mesh.is_watertight and mesh.euler_number == 0  # V - E + F = 2 - 2g, g = 1
+    assert mesh.volume == pytest.approx(2 * math.pi ** 2 * major * minor ** 2, rel=0.03)
+
+
+def test_marching_tetrahedra_is_differentiable_in_sdf_and_positions():
+    # a single tetrahedron with one corner inside: the cut points move with the sdf values as
+    # p = a + s_a / (s_a - s_b) (b - a); compare with finite differences
+    vertices = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    tets = torch.tensor([[0, 1, 2, 3]])
+    sdf = torch.tensor([-0.3, 0.5, 0.7, 0.2], dtype=torch.float64, requires_grad=True)
+    points, faces = marching_tetrahedra(vertices, tets, sdf)
+    assert faces.shape == (1, 3)
+    weights = torch.rand_like(points)
+    (points * weights).sum().backward()
+    numeric = torch.zeros(4, dtype=torch.float64)
+    for i in range(4):
+        step = torch.zeros(4, dtype=torch.float64)
+        step[i] = 1e-6
+        plus = (marching_tetrahedra(vertices, tets, sdf.detach() + step)[0] * weights).sum()
+        minus = (marching_tetrahedra(vertices, tets, sdf.detach() - step)[0] * weights).sum()
+        numeric[i] = (plus - minus) / 2e-6
+    assert torch.allclose(sdf.grad, numeric, atol=1e-8)
+    # the cut on edge (0,1) sits at 0.3 / 0.8 of the way
+    assert any(torch.allclose(p, torch.tensor([0.375, 0, 0], dtype=torch.float64)) for p in points)
+
+
+def test_empty_level_set():
+    vertices, tets = tet_grid(4, 1.0)
+    points, faces = marching_tetrahedra(vertices, tets, torch.ones(len(vertices)))
+    assert points.shape == (0, 3) and faces.shape == (0, 3)
+
+
+def test_remove_small_components_keeps_the_large_piece():
+    big = trimesh.creation.icosphere(3, 0.4)
+    small = trimesh.creation.icosphere(1, 0.05)
+    small.apply_translation([0.8, 0, 0])
+    both = trimesh.util.concatenate([big, small])
+    mesh = Mesh(torch.tensor(both.vertices, dtype=torch.float32), torch.tensor(both.faces))
+    cleaned, dropped = remove_small_components(mesh, 0.1)
+    assert dropped == 1
+    assert len(cleaned.faces) == len(big.faces) and len(cleaned.vertices) == len(big.vertices)
+    assert as_trimesh(cleaned.vertices, cleaned.faces).is_watertight
+
+
+def test_compact_renumbers_faces():
+    mesh = Mesh(torch.rand(5, 3), torch.tensor([[4, 2, 3]]))
+    out = compact(mesh)
+    assert out.faces.tolist() == [[2, 0, 1]] and torch.equal(out.vertices, mesh.vertices[[2, 3, 4]])
+
+
+def test_regularisers_vanish_on_flat_meshes_and_grow_with_noise():
+    grid = trimesh.creation.box((1, 1, 1)).subdivide().subdivide()  # flat faces, bent only at edges
+    box = Mesh(torch.tensor(grid.vertices), torch.tensor(grid.faces))
+    bent_edges = 12 * 4  # each cube edge is split into 4 segments, each bends by 90 degrees
+    shared_edges = len(box.edges())
+    assert normal_consistency(box).item() == pytest.approx(bent_edges / shared_edges)
+    sphere = trimesh.creation.icosphere(3, 0.5)
+    smooth = Mesh(torch.tensor(sphere.vertices), torch.tensor(sphere.faces))
+    noisy = Mesh(smooth.vertices + 0.01 * torch.randn_like(smooth.vertices), smooth.faces)
+    assert normal_consistency(noisy) > 2 * normal_consistency(smooth)
+    assert laplacian_smoothness(noisy) > 2 * laplacian_smoothness(smooth)
+    # closed forms: the normal consistency of a regular tetrahedron is 1 - cos(pi - dihedral) = 4/3
+    tet = Mesh(torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64),
+               torch.tensor([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]))
+    assert normal_consistency(tet).item() == pytest.approx(4 / 3)
+    # and the Laplacian offset of each corner is |v - mean(others)| = |4/3 v|, squared = 16/9 * 3
+    assert laplacian_smoothness(tet).item() == pytest.approx(16 / 3)

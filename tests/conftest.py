@@ -31,3 +31,25 @@ def tiny_prior(tiny_model_dir: Path):
     from prolificli.prior import load_prior
 
     return load_prior(PriorConfig(model=str(tiny_model_dir), device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nerf_run_template(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete NeRF stage (recipes/tiny.yaml, 6 VSD steps): its field is still close to the
+    object-init density blob, a sphere of radius ~0.5, which is what the mesh stages need."""
+    from prolificli.config import build_recipe
+    from prolificli.stages import nerf
+
+    recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"),
+                          [f"prior.model={tiny_model_dir}"])
+    out = tmp_path_factory.mktemp("nerf-run") / "run"
+    nerf.run(recipe, "an elephant skull", out)
+    return out
+
+
+@pytest.fixture
+def tiny_nerf_run(tiny_nerf_run_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny NeRF run, for tests that add stages to it."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_nerf_run_template, tmp_path / "run"))

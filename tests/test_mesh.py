@@ -119,3 +119,33 @@ def test_regularisers_vanish_on_flat_meshes_and_grow_with_noise():
     assert normal_consistency(tet).item() == pytest.approx(4 / 3)
     # and the Laplacian offset of each corner is |v - mean(others)| = |4/3 v|, squared = 16/9 * 3
     assert laplacian_smoothness(tet).item() == pytest.approx(16 / 3)
+
+
+def test_surface_tets_give_the_same_mesh_as_all_tets_on_a_box_grid():
+    from prolificli.mesh.tets import TetGrid
+
+    grid = TetGrid((14, 9, 11), (-0.5, -0.3, -0.4), 0.07)
+    vertices = grid.vertices()
+    sdf = (vertices - torch.tensor([0.0, 0.02, 0.0])).norm(dim=-1) - 0.25
+    all_points, all_faces = marching_tetrahedra(vertices, grid.tets(), sdf)
+    tets = grid.surface_tets(sdf < 0)
+    assert len(tets) < 0.5 * len(grid.tets())
+    points, faces = marching_tetrahedra(vertices, tets, sdf)
+    assert torch.equal(points, all_points) and torch.equal(faces, all_faces)
+    assert (signed_volumes(vertices, grid.tets()) > 0).all()
+
+
+def test_dmtet_round_trips_through_its_tensors_and_deforms_within_half_a_cell():
+    from prolificli.mesh.dmtet import DMTet
+    from prolificli.mesh.tets import TetGrid
+
+    grid = TetGrid.cube(12, 0.6)
+    sdf = grid.vertices().norm(dim=-1) - 0.3
+    dmtet = DMTet(grid, sdf, deformation=torch.randn(grid.n_vertices, 3) * 10)
+    shift = (dmtet.vertices() - grid.vertices()).abs().max().item()
+    assert shift <= 0.5 * grid.cell + 1e-6 and shift > 0.4 * grid.cell
+    again = DMTet.from_tensors(dmtet.tensors())
+    assert torch.equal(again.mesh().vertices, dmtet.mesh().vertices)
+    # gradients reach both parameter sets through the extracted mesh
+    dmtet.mesh().vertices.sum().backward()
+    assert dmtet.sdf.grad.abs().sum() > 0 and dmtet.deformation.grad.abs().sum() > 0

@@ -141,6 +141,74 @@ def nerf(
         print(result.run_dir)
 
 
+def run_dir_argument(run: Optional[Path]) -> Path:
+    """The RUN argument, or the last line a previous stage printed into our stdin (pipelines)."""
+    if run is not None:
+        return run
+    if sys.stdin is None or sys.stdin.isatty():
+        fail("give the run directory, e.g. prolific extract runs/an-elephant-skull (or pipe a stage into this one)")
+    lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    if not lines:
+        fail("no run directory given and nothing on stdin (did the previous stage fail?)")
+    return Path(lines[-1])
+
+
+def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str]):
+    """The run's own resolved recipe (from its NeRF stage) <- --recipe <- --set."""
+    from .artifacts import RunDir
+    from .config import build_recipe
+
+    manifest = RunDir.open(run).stage("nerf").require_complete("nerf")
+    return build_recipe(recipe, overrides, base=manifest["config"])
+
+
+RECIPE_OPTION = typer.Option(None, "--recipe", "-r", help="Recipe YAML whose settings replace the run's own "
+                                                          "(which the NeRF stage recorded).")
+SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key (repeatable).")
+RUN_ARGUMENT = typer.Argument(None, help="Run directory; read from stdin when omitted, so stages chain with |.")
+
+
+@app.command()
+def extract(
+    run: Optional[Path] = RUN_ARGUMENT,
+    particle: Optional[int] = typer.Option(None, "--particle", "-p", min=0, help="Which NeRF particle (default 0)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", min=8,
+                                             help="Tet-grid cells along the object's longest side (default 128)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0,
+                                              help="Surface density level (default: measured where the NeRF "
+                                                   "renders its silhouette)."),
+    recipe: Optional[str] = RECIPE_OPTION,
+    overrides: list[str] = SET_OPTION,
+    force: bool = typer.Option(False, "--force", help="Replace an existing extract stage."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory."),
+) -> None:
+    """Extract a DMTet tet grid and a watertight mesh from the NeRF's density: the second stage.
+
+    Writes RUN/extract/ (manifest.json, checkpoint/ with the SDF grid, mesh.ply with the NeRF's
+    albedo as vertex colours, previews/latest.png) and prints RUN.
+    """
+    from .mesh.mesh import MeshError
+    from .stages import extract as extract_stage
+
+    run = run_dir_argument(run)
+    sets = list(overrides)
+    for key, value in (("extract.particle", particle), ("extract.resolution", resolution),
+                       ("extract.threshold", threshold)):
+        if value is not None:
+            sets.append(f"{key}={json.dumps(value)}")
+    try:
+        recipe_obj = stage_recipe(run, recipe, sets)
+        result = extract_stage.run(run, recipe_obj, force=force, console=stderr)
+    except user_errors() + (MeshError,) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"run_dir": str(result.run_dir), "stage": "extract", "status": "complete",
+                          "mesh": str(result.mesh_path), "vertices": result.vertices, "faces": result.faces,
+                          "threshold": result.threshold, "seconds": result.seconds}))
+    else:
+        print(result.run_dir)
+
+
 def main() -> None:
     try:
         app()

@@ -157,6 +157,69 @@ class NeRFStageConfig:
 
 
 @dataclass
+class ExtractConfig:
+    """`prolific extract`: a DMTet tet grid and mesh from a NeRF particle's density."""
+
+    particle: int = 0  # which NeRF particle
+    resolution: int = 128  # tet-grid cells along the longest side of the object's bounding box
+    # density level of the surface; None: the median density where the NeRF's rendered rays reach
+    # 50% opacity (measured from 8 views), i.e. where the NeRF itself draws the silhouette
+    threshold: float | None = None
+    min_component: float = 0.05  # drop pieces with fewer inside grid points than this x the largest
+    margin_cells: int = 2  # empty cells kept around the bounding box
+
+
+@dataclass
+class MeshRenderConfig:
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"  # auto: nvdiffrast when it imports
+    antialias: bool = True
+
+
+def _sds_guidance() -> GuidanceConfig:
+    return GuidanceConfig(method="sds", cfg=100.0)
+
+
+@dataclass
+class GeometryStageConfig:
+    """`prolific geometry`: SDS on rendered normal maps refines the DMTet SDF and deformation."""
+
+    steps: int = 15000
+    batch_size: int = 1
+    resolution: int = 512
+    lr: float = 0.005  # SDF values and vertex deformations (Adam)
+    lambda_normal_consistency: float = 10000.0
+    lambda_laplacian: float = 10000.0
+    guidance: GuidanceConfig = _field(default_factory=_sds_guidance)
+    render: MeshRenderConfig = _field(default_factory=MeshRenderConfig)
+    checkpoint_every: int = 1000
+    preview_every: int = 500
+    preview_resolution: int = 256
+    log_every: int = 10
+
+
+@dataclass
+class TextureStageConfig:
+    """`prolific texture`: VSD on a new hash-grid albedo field on the fixed mesh's surface."""
+
+    steps: int = 30000
+    batch_size: int = 1
+    resolution: int = 512
+    grid: HashGridConfig = _field(default_factory=HashGridConfig)
+    hidden_dim: int = 64
+    lr_grid: float = 0.01
+    lr_heads: float = 0.001
+    lr_background: float = 0.001
+    guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)  # VSD, CFG 7.5, anneal at 5k
+    background: BackgroundConfig = _field(default_factory=BackgroundConfig)
+    render: MeshRenderConfig = _field(default_factory=MeshRenderConfig)
+    texture_size: int = 1024  # the baked PNG of the exported OBJ / GLB
+    checkpoint_every: int = 1000
+    preview_every: int = 500
+    preview_resolution: int = 256
+    log_every: int = 10
+
+
+@dataclass
 class Recipe:
     """Everything a run needs; a recipe YAML is a partial dict of this."""
 
@@ -167,6 +230,9 @@ class Recipe:
     guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
     score_model: ScoreModelConfig = _field(default_factory=ScoreModelConfig)
     nerf: NeRFStageConfig = _field(default_factory=NeRFStageConfig)
+    extract: ExtractConfig = _field(default_factory=ExtractConfig)
+    geometry: GeometryStageConfig = _field(default_factory=GeometryStageConfig)
+    texture: TextureStageConfig = _field(default_factory=TextureStageConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,19 +393,25 @@ def load_recipe_dict(name_or_path: str) -> dict:
 DEFAULT_CFG = {"vsd": 7.5, "sds": 100.0}  # ProlificDreamer Sec. 5 / DreamFusion
 
 
-def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Defaults <- recipe file <- each `--set` in order; validated at every layer.
+def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                 base: dict | None = None) -> Recipe:
+    """Defaults <- `base` (a previous stage's resolved config) <- recipe file <- each `--set` in
+    order; validated at every layer.
 
     Settings whose default depends on another (the CFG scale on the method) are filled in here,
     so the resolved recipe stored in a manifest holds plain numbers.
     """
-    data: dict = load_recipe_dict(recipe) if recipe else {}
-    from_dict(data)  # report a bad recipe key against the recipe, before any override
+    data: dict = dict(base or {})
+    if recipe:
+        recipe_data = load_recipe_dict(recipe)
+        from_dict(recipe_data)  # report a bad recipe key against the recipe, before any override
+        data = merge(data, recipe_data)
     for text in overrides:
         override = parse_override(text)
         from_dict(override)  # report a bad override on its own
         data = merge(data, override)
     resolved = from_dict(data)
-    if resolved.guidance.cfg is None:
-        resolved.guidance.cfg = DEFAULT_CFG[resolved.guidance.method]
+    for guidance in (resolved.guidance, resolved.geometry.guidance, resolved.texture.guidance):
+        if guidance.cfg is None:
+            guidance.cfg = DEFAULT_CFG[guidance.method]
     return resolved

@@ -1,0 +1,72 @@
+"""Render a triangle mesh: opacity, normals, positions and any per-point colour, antialiased.
+
+The pure-PyTorch rasterizer (`raster.py`) always works; nvdiffrast is used instead when the
+config asks for it (or `auto`) and it imports with a CUDA device.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..config import MeshRenderConfig
+from ..mesh.mesh import Mesh
+from . import raster
+
+
+@dataclass
+class MeshRender:
+    opacity: Tensor  # [B,H,W,1], antialiased coverage
+    normal: Tensor  # [B,H,W,3] world-space unit normals (zero on background)
+    position: Tensor  # [B,H,W,3] world-space surface points (zero on background)
+    depth: Tensor  # [B,H,W,1] along the view axis
+    mask: Tensor  # [B,H,W] bool, pixel centre on the surface
+    rast: raster.Rasterized
+
+    def composite(self, color: Tensor, background: Tensor, mesh: Mesh, cfg: MeshRenderConfig) -> Tensor:
+        """color [B,H,W,3] on the surface over background [B,H,W,3], silhouettes antialiased."""
+        hard = torch.where(self.mask[..., None], color, background)
+        return raster.antialias(hard, self.rast, mesh.faces) if cfg.antialias else hard
+
+
+def nvdiffrast_available() -> bool:
+    try:
+        importlib.import_module("nvdiffrast.torch")
+    except Exception:  # a broken CUDA build raises more than ImportError
+        return False
+    return torch.cuda.is_available()
+
+
+def render_mesh(mesh: Mesh, cameras: Cameras, resolution: int, cfg: MeshRenderConfig) -> MeshRender:
+    if cfg.backend == "nvdiffrast" and not nvdiffrast_available():
+        raise RuntimeError("mesh render backend 'nvdiffrast' requested but it does not import with CUDA here; "
+                           "use --set <stage>.render.backend=torch")
+    # the pure-PyTorch path is the only one implemented so far: `auto` uses it everywhere
+    rast = raster.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
+    mask = rast.mask
+    coverage = mask[..., None].to(mesh.vertices.dtype)
+    opacity = raster.antialias(coverage, rast, mesh.faces) if cfg.antialias else coverage
+    normals = raster.interpolate(mesh.vertex_normals(), mesh.faces, rast)
+    normals = torch.nn.functional.normalize(normals, dim=-1) * mask[..., None]
+    position = raster.interpolate(mesh.vertices, mesh.faces, rast)
+    return MeshRender(opacity, normals, position, rast.depth[..., None], mask, rast)
+
+
+def surface_colors(render: MeshRender, color_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Evaluate a colour field at the visible surface points only: [B,H,W,3]."""
+    out = render.position.new_zeros(render.position.shape)
+    if render.mask.any():
+        out = out.index_put((render.mask,), color_fn(render.position[render.mask]))
+    return out
+
+
+def normal_image(render: MeshRender, cameras: Cameras) -> Tensor:
+    """Camera-space normals as colours, (n + 1) / 2 (a surface facing the camera is light blue)."""
+    rotation = cameras.c2w[:, :3, :3]
+    camera_normals = torch.einsum("bji,bhwj->bhwi", rotation, render.normal)
+    return (camera_normals + 1) / 2

@@ -1,0 +1,164 @@
+"""`prolific extract`: a DMTet tet grid and a watertight mesh from a NeRF particle's density.
+
+    threshold  the density level of the surface: given, or measured where the NeRF draws its own
+               silhouette (the median density at the expected depth of rays that render opaque)
+    box        a probe of the whole field finds the object; the tet grid covers it tightly, so
+               its `resolution` cells span the object, not the empty scene around it
+    clean      inside grid points are grouped into connected pieces and pieces much smaller than
+               the largest (floaters) are dropped before the mesh is made
+    sdf        (threshold - density) / |grad density|, a first-order distance to the surface,
+               clamped to a few cells: the geometry stage's learning rate is then in world units
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from torch import Tensor
+
+from ..artifacts import ArtifactError, RunDir, save_checkpoint
+from ..cameras import orbit_cameras
+from ..config import ExtractConfig, Recipe, VolumeRenderConfig, to_dict
+from ..mesh.dmtet import DMTet
+from ..mesh.export import save_ply
+from ..mesh.mesh import Mesh
+from ..mesh.tets import TetGrid
+from ..render.volume import render_rays
+from .mesh_preview import preview_grid
+
+STAGE = "extract"
+PROBE_RESOLUTION = 96  # cells per side of the whole-field probe that finds the object
+CHUNK = 1 << 18
+
+
+@torch.no_grad()
+def query(field, points: Tensor) -> Tensor:
+    return torch.cat([field.density(points[i : i + CHUNK]) for i in range(0, len(points), CHUNK)])
+
+
+@torch.no_grad()
+def automatic_threshold(field, render_cfg: VolumeRenderConfig, recipe: Recipe, views: int = 8,
+                        resolution: int = 64) -> float:
+    cam = recipe.camera
+    cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
+    origins, directions = (t.reshape(-1, 3) for t in cameras.rays(resolution, resolution))
+    out = render_rays(field, origins, directions, render_cfg, stratified=False)
+    opaque = out["opacity"][:, 0] > 0.9
+    if not opaque.any():
+        raise ArtifactError("the NeRF renders nothing opaque from the evaluation orbit, so no surface "
+                            "threshold can be measured; pass --threshold")
+    depth = out["depth"][opaque, 0] / out["opacity"][opaque, 0]
+    surface = origins[opaque] + depth[:, None] * directions[opaque]
+    return float(query(field, surface).median())
+
+
+def _cells(extent: Tensor, cell: float) -> tuple[int, int, int]:
+    return tuple(max(1, int(np.ceil(float(e) / cell))) for e in extent)
+
+
+@dataclass
+class Surface:
+    dmtet: DMTet
+    mesh: Mesh
+    threshold: float
+    dropped_components: int
+
+
+@torch.no_grad()
+def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
+                    render_cfg: VolumeRenderConfig) -> Surface:
+    """Everything `prolific extract` computes, for any field with .density(x) (and x in [-bound, bound]^3)."""
+    from scipy import ndimage
+
+    threshold = cfg.threshold if cfg.threshold is not None else automatic_threshold(field, render_cfg, recipe)
+    probe = TetGrid.cube(PROBE_RESOLUTION, bound)
+    density = query(field, probe.vertices())
+    inside = density > threshold
+    if not inside.any():
+        raise ArtifactError(f"the level set is empty: the NeRF's density peaks at {float(density.max()):.3g}, "
+                            f"below the threshold {threshold:.3g}; pass a lower --threshold")
+    if inside.all():
+        raise ArtifactError(f"the whole volume is denser than the threshold {threshold:.3g}; pass a higher --threshold")
+
+    # a tight box around the object, with a margin of one probe cell plus margin_cells of the fine grid
+    points = probe.vertices()[inside]
+    lo, hi = points.min(0).values - probe.cell, points.max(0).values + probe.cell
+    cell = float((hi - lo).max()) / cfg.resolution
+    lo = lo - cfg.margin_cells * cell
+    grid = TetGrid(_cells(hi - lo + cfg.margin_cells * cell, cell), lo, cell)
+    density = query(field, grid.vertices()).reshape(grid.shape)
+
+    solid = (density > threshold).numpy()
+    labels, count = ndimage.label(solid, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    small = np.flatnonzero(sizes < cfg.min_component * sizes.max()) + 1
+    floaters = torch.from_numpy(np.isin(labels, small))
+
+    gradient = torch.stack(torch.gradient(density, spacing=cell), dim=-1).norm(dim=-1)
+    sdf = (threshold - density) / gradient.clamp(min=1e-6)
+    sdf = sdf.clamp(-3 * cell, 3 * cell)
+    sdf = torch.where(floaters, torch.full_like(sdf, cell), sdf)  # dropped pieces become outside
+    dmtet = DMTet(grid, sdf.reshape(-1))
+    mesh = dmtet.mesh().detach()
+    # the albedo one cell inside the surface: at the threshold itself the density is low and the
+    # NeRF's colour there barely reaches any pixel, so it is poorly constrained
+    _, albedo = field(mesh.vertices - cell * mesh.vertex_normals())
+    return Surface(dmtet, Mesh(mesh.vertices, mesh.faces, albedo), threshold, len(small))
+
+
+@dataclass
+class ExtractResult:
+    run_dir: Path
+    mesh_path: Path
+    vertices: int
+    faces: int
+    threshold: float
+    seconds: float
+
+
+def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console | None = None) -> ExtractResult:
+    from .nerf import load_particles
+
+    console = console or Console(stderr=True)
+    run = RunDir.open(run_dir)
+    stage = run.stage(STAGE)
+    if stage.manifest is not None and not force:
+        raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
+                            "pass --force to extract again")
+    nerf_recipe, particles = load_particles(run.path)
+    k = recipe.extract.particle
+    if not 0 <= k < len(particles):
+        raise ArtifactError(f"--particle {k}: the NeRF stage has {len(particles)} particle(s), 0..{len(particles) - 1}")
+    field, _ = particles[k]
+
+    tic = time.perf_counter()
+    nerf_checkpoint = run.stage("nerf").checkpoint_dir
+    stage.begin(to_dict(recipe), 1, inputs=[nerf_checkpoint])
+    try:
+        with console.status(f"extracting particle {k} on a {recipe.extract.resolution}-cell tet grid"):
+            surface = extract_surface(field, nerf_recipe.nerf.field.bound, recipe.extract, recipe,
+                                      nerf_recipe.nerf.render)
+        if len(surface.mesh.faces) == 0:
+            raise ArtifactError("the extracted mesh is empty after removing small pieces; lower --threshold")
+        save_checkpoint(stage.checkpoint_dir, 0, surface.dmtet.tensors(), {},
+                        extra={"stage": STAGE, "particle": k, "threshold": surface.threshold})
+        mesh_path = save_ply(surface.mesh, stage.path / "mesh.ply")
+        Image.fromarray(preview_grid(surface.mesh, recipe)).save(stage.previews_dir / "latest.png")
+        info = {"threshold": surface.threshold, "vertices": len(surface.mesh.vertices),
+                "faces": len(surface.mesh.faces), "dropped_components": surface.dropped_components,
+                "grid_cells": list(surface.dmtet.grid.cells), "cell": surface.dmtet.grid.cell}
+        stage.log_metrics(1, info)
+    except BaseException as exc:
+        stage.finish("failed", 0, error=f"{type(exc).__name__}: {exc}")
+        raise
+    stage.finish("complete", 1, outputs=["checkpoint/weights.safetensors", "mesh.ply", "previews/latest.png"])
+    seconds = time.perf_counter() - tic
+    console.print(f"[dim]threshold {surface.threshold:.3g}, {info['faces']} faces, "
+                  f"{surface.dropped_components} floating piece(s) dropped, {seconds:.1f} s[/]")
+    return ExtractResult(run.path, mesh_path, info["vertices"], info["faces"], surface.threshold, seconds)

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, find_checkpoint, load_checkpoint, save_checkpoint
+from ..artifacts import ArtifactError, RunDir, load_checkpoint
 from ..cameras import orbit_cameras, sample_cameras, view_prompts
 from ..config import Recipe, from_dict, to_dict
 from ..distill import SDS, VSD, Conditioning, ScoreModel
-from ..optimize import Interrupted, LoopHooks, Rendered, View, optimization_step, run_loop
+from ..optimize import Rendered, View
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
 from ..render.volume import render
 from ..scene.nerf import NeRFField
+from .common import LoopSettings, _prefixed, optimise, resume_checkpoint
 
 STAGE = "nerf"
 
@@ -102,6 +102,9 @@ class NeRFParticles:
     def optimizer(self, particle: int) -> torch.optim.Optimizer:
         return self.optimizers[particle]
 
+    def resolution_at(self, step: int) -> int:
+        return resolution_at(self.recipe, step)
+
     # -- checkpoint state -----------------------------------------------------------------------
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -168,16 +171,9 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     stage = run.stage(STAGE)
     checkpoint = None
     if resume:
-        manifest = stage.manifest
-        if manifest is None:
-            raise ArtifactError(f"{stage.path} has no manifest to resume; start it with `prolific nerf`")
-        if manifest.get("status") == "complete":
-            raise ArtifactError(f"{stage.path} is already complete ({manifest['step']} steps)")
+        manifest, checkpoint = resume_checkpoint(stage, "nerf")
         recipe = from_dict(manifest["config"])  # bit-for-bit the config the run started with
         prompt = run.info["prompt"]
-        # a run killed before its first checkpoint starts over; a damaged checkpoint is an error
-        has_checkpoint = stage.checkpoint_dir.exists() or find_checkpoint(stage.checkpoint_dir) is not None
-        checkpoint = load_checkpoint(stage.checkpoint_dir) if has_checkpoint else None
     elif stage.manifest is not None:
         status = stage.manifest.get("status")
         hint = "choose another --out" if status == "complete" else \
@@ -190,68 +186,9 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     prior = load_prior(recipe.prior)
     particles = NeRFParticles(recipe, prior, prompt, generator)
     distiller = build_distiller(recipe, prior)
-
-    start = 0
-    if checkpoint is not None:
-        particles.load_tensors(checkpoint.tensors)
-        for i, optimizer in enumerate(particles.optimizers):
-            optimizer.load_state_dict(checkpoint.optimizer_states[f"particle{i}"])
-        if "distiller" in checkpoint.optimizer_states:  # SDS has no state of its own
-            distiller.load_state_dict({"score_model": _prefixed(checkpoint.tensors, "distiller."),
-                                       "optimizer": checkpoint.optimizer_states["distiller"]})
-        generator.set_state(checkpoint.tensors["rng.generator"])
-        start = checkpoint.step
-        console.print(f"[dim]resuming {run.path} from step {start}[/]")
-
-    steps = recipe.nerf.steps
-    stage.begin(to_dict(recipe), steps, inputs=[], step=start)
-
-    last_checkpoint = [start]  # what a failed run can be resumed from
-
-    def write_checkpoint(step: int) -> None:
-        tensors = particles.tensors()
-        distiller_state = distiller.state_dict()
-        tensors.update({f"distiller.{k}": v for k, v in distiller_state.get("score_model", {}).items()})
-        tensors["rng.generator"] = generator.get_state()
-        optimizer_states = {f"particle{i}": opt.state_dict() for i, opt in enumerate(particles.optimizers)}
-        if "optimizer" in distiller_state:
-            optimizer_states["distiller"] = distiller_state["optimizer"]
-        save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
-                        extra={"prompt": prompt, "stage": STAGE})
-        last_checkpoint[0] = step
-        stage.progress(step, force=True)
-
-    def write_preview(step: int) -> None:
-        image = Image.fromarray(particles.preview(recipe.nerf.preview_resolution))
-        image.save(stage.previews_dir / f"step-{step:06d}.png")
-        image.save(stage.previews_dir / "latest.png")
-
-    schedule = getattr(distiller, "schedule", None)
-
-    def describe(step: int) -> str:
-        lo, hi = schedule.t_range(step) if schedule is not None else (0, 0)
-        return f"res {resolution_at(recipe, step)} t [{lo},{hi}]"
-
-    hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview,
-                      log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
-    step_fn = lambda step: optimization_step(particles, prior.encode_images, distiller, step, generator)  # noqa: E731
-    try:
-        done = run_loop(step_fn, start=start, steps=steps, hooks=hooks,
-                        checkpoint_every=recipe.nerf.checkpoint_every, preview_every=recipe.nerf.preview_every,
-                        log_every=recipe.nerf.log_every, console=console, title=f"nerf {recipe.guidance.method}")
-        write_checkpoint(done)
-    except Interrupted as exc:
-        stage.finish("interrupted", exc.step)
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step, the last one stands
-        stage.finish("interrupted", last_checkpoint[0])
-        raise
-    except BaseException as exc:
-        stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
-        raise
-    stage.finish("complete", done, outputs=["checkpoint/weights.safetensors", "previews/latest.png"])
-    return NeRFResult(run.path, "complete", done, steps, float(stage.manifest["timings"]["seconds"]))
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    cfg = recipe.nerf
+    settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
+    done = optimise(stage, particles, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),
+                    inputs=[], checkpoint=checkpoint, console=console, title=f"nerf {recipe.guidance.method}",
+                    outputs=[], extra={"prompt": prompt})
+    return NeRFResult(run.path, "complete", done, cfg.steps, float(stage.manifest["timings"]["seconds"]))

@@ -162,6 +162,24 @@ def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str]):
     return build_recipe(recipe, overrides, base=manifest["config"])
 
 
+def texture_recipe(run: Path, recipe: Optional[str], overrides: list[str], prompt: Optional[str]):
+    """As `stage_recipe`, except that texturing a mesh file may start a run without a NeRF stage."""
+    from .artifacts import RunDir
+    from .config import build_recipe
+
+    if not (run / "run.json").exists():
+        if prompt is None:
+            fail(f"{run} is not a run directory; to texture a mesh file from scratch give --prompt too")
+        return build_recipe(recipe, overrides)
+    if prompt is not None:
+        fail("--prompt is only for a new run directory; this run already has its prompt")
+    nerf = RunDir.open(run).stage("nerf")
+    if nerf.manifest is None:  # a run started by texturing a mesh file: its texture stage holds the recipe
+        texture = RunDir.open(run).stage("texture").manifest
+        return build_recipe(recipe, overrides, base=texture["config"] if texture else None)
+    return stage_recipe(run, recipe, overrides)
+
+
 RECIPE_OPTION = typer.Option(None, "--recipe", "-r", help="Recipe YAML whose settings replace the run's own "
                                                           "(which the NeRF stage recorded).")
 SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key (repeatable).")
@@ -207,6 +225,88 @@ def extract(
                           "threshold": result.threshold, "seconds": result.seconds}))
     else:
         print(result.run_dir)
+
+
+def optimisation_stage(name: str, run: Optional[Path], recipe: Optional[str], overrides: list[str],
+                       steps: Optional[int], resume: bool, force: bool, as_json: bool, **stage_kwargs) -> None:
+    """The shared body of `geometry` and `texture`: resolve the recipe, run, report."""
+    import importlib
+
+    from .mesh.mesh import MeshError
+    from .optimize import Interrupted
+
+    module = importlib.import_module(f".stages.{name}", __package__)
+    run = run_dir_argument(run)
+    try:
+        if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")):
+            fail("--resume continues a stage with the config it started with; drop --recipe/--set/--steps/--mesh")
+        sets = list(overrides) + ([f"{name}.steps={steps}"] if steps is not None else [])
+        if resume:
+            recipe_obj = None
+        elif name == "texture":
+            recipe_obj = texture_recipe(run, recipe, sets, stage_kwargs.get("prompt"))
+        else:
+            recipe_obj = stage_recipe(run, recipe, sets)
+        quiet_libraries()
+        try:
+            result = module.run(run, recipe_obj, resume=resume, force=force, console=stderr, **stage_kwargs)
+        except Interrupted as exc:
+            stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
+                         f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    except user_errors() + (MeshError,) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"run_dir": str(result.run_dir), "stage": name, "status": "complete",
+                          "step": result.step, "steps": result.steps, "seconds": result.seconds}))
+    else:
+        print(result.run_dir)
+
+
+STEPS_HELP = "Same as --set {}.steps=."
+RESUME_OPTION = typer.Option(False, "--resume", help="Continue the interrupted stage from its last checkpoint.")
+FORCE_OPTION = typer.Option(False, "--force", help="Start the stage again, replacing what it wrote before.")
+JSON_OPTION = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory.")
+
+
+@app.command()
+def geometry(
+    run: Optional[Path] = RUN_ARGUMENT,
+    recipe: Optional[str] = RECIPE_OPTION,
+    overrides: list[str] = SET_OPTION,
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help=STEPS_HELP.format("geometry")),
+    resume: bool = RESUME_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Refine the extracted mesh with SDS on its normal maps: the third stage.
+
+    Optimises the DMTet SDF and vertex offsets from RUN/extract/ (SDS at CFG 100 plus normal-consistency
+    and Laplacian smoothing) and writes RUN/geometry/ (checkpoint/, mesh.ply, previews/).
+    """
+    optimisation_stage("geometry", run, recipe, overrides, steps, resume, force, as_json)
+
+
+@app.command()
+def texture(
+    run: Optional[Path] = RUN_ARGUMENT,
+    mesh: Optional[Path] = typer.Option(None, "--mesh", help="Texture this mesh file (OBJ, PLY, GLB, ...) instead of "
+                                                             "the run's geometry/extract mesh."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="With --mesh and a new run directory: what to paint."),
+    recipe: Optional[str] = RECIPE_OPTION,
+    overrides: list[str] = SET_OPTION,
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help=STEPS_HELP.format("texture")),
+    resume: bool = RESUME_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Paint the mesh with VSD on a new hash-grid texture, geometry fixed: the last stage.
+
+    Uses RUN/geometry/ (else RUN/extract/, or --mesh FILE) and writes RUN/texture/ (checkpoint/, previews/,
+    model.obj + model.mtl + model.png, model.glb).
+    """
+    optimisation_stage("texture", run, recipe, overrides, steps, resume, force, as_json,
+                       mesh_path=mesh, prompt=prompt)
 
 
 def main() -> None:

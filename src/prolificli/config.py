@@ -187,6 +187,10 @@ class GeometryStageConfig:
     batch_size: int = 1
     resolution: int = 512
     lr: float = 0.005  # SDF values and vertex deformations (Adam)
+    # what the prior sees: "normal", camera-space normals as colours (the paper, after Fantasia3D),
+    # or "albedo", the NeRF's colour at the surface (for priors that never saw a normal map,
+    # like the toy world's)
+    shading: Literal["normal", "albedo"] = "normal"
     lambda_normal_consistency: float = 10000.0
     lambda_laplacian: float = 10000.0
     guidance: GuidanceConfig = _field(default_factory=_sds_guidance)

@@ -8,6 +8,7 @@ distiller, then calls `optimise`. Checkpoint layout, shared by the stages:
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -17,7 +18,28 @@ from PIL import Image
 from rich.console import Console
 
 from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
-from ..optimize import Interrupted, LoopHooks, Problem, optimization_step, run_loop
+from ..cameras import Cameras, view_prompts
+from ..distill import Conditioning
+from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
+
+
+class Prompter:
+    """Turns sampled cameras into a `View`: the prior sees the prompt with its view suffix (y^c),
+    the score model the plain prompt y and the camera (Eq. 9)."""
+
+    def __init__(self, prior, prompt: str, camera_cfg, negative_prompt: str):
+        self.prior, self.prompt, self.camera_cfg = prior, prompt, camera_cfg
+        self.uncond_emb = prior.encode_prompts([negative_prompt])
+        self.plain_emb = prior.encode_prompts([prompt])
+
+    def view(self, cameras: Cameras, resolution: int) -> View:
+        batch = len(cameras)
+        prompts = view_prompts(self.prompt, cameras, self.camera_cfg)
+        cond = Conditioning(text_emb=self.prior.encode_prompts(prompts),
+                            uncond_emb=self.uncond_emb.expand(batch, -1, -1),
+                            camera=cameras.embedding().to(self.prior.device),
+                            score_text_emb=self.plain_emb.expand(batch, -1, -1))
+        return View(cameras=cameras.to(self.prior.device), cond=cond, resolution=resolution)
 
 
 class StageProblem(Problem, Protocol):
@@ -58,6 +80,13 @@ def refuse_existing(stage: StageDir, command: str, run_path) -> None:
     hint = "pass --force to start it again" if status == "complete" else \
         f"continue it with `prolific {command} --resume {run_path}` or pass --force to start again"
     raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
+
+
+def clear_stage(stage: StageDir) -> None:
+    """--force: remove a previous attempt's files so nothing stale survives into the new one."""
+    stage.close()
+    if stage.path.exists():
+        shutil.rmtree(stage.path)
 
 
 def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable[[torch.Tensor], torch.Tensor],

@@ -30,6 +30,7 @@ from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh
 from ..mesh.tets import TetGrid
 from ..render.volume import render_rays
+from .common import clear_stage
 from .mesh_preview import preview_grid
 
 STAGE = "extract"
@@ -131,6 +132,7 @@ def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console 
     if stage.manifest is not None and not force:
         raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
                             "pass --force to extract again")
+    clear_stage(stage)
     nerf_recipe, particles = load_particles(run.path)
     k = recipe.extract.particle
     if not 0 <= k < len(particles):

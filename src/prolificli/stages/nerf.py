@@ -14,15 +14,15 @@ import torch
 from rich.console import Console
 
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
-from ..cameras import orbit_cameras, sample_cameras, view_prompts
+from ..cameras import orbit_cameras, sample_cameras
 from ..config import Recipe, from_dict, to_dict
-from ..distill import SDS, VSD, Conditioning, ScoreModel
+from ..distill import SDS, VSD, ScoreModel
 from ..optimize import Rendered, View
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
 from ..render.volume import render
 from ..scene.nerf import NeRFField
-from .common import LoopSettings, _prefixed, optimise, resume_checkpoint
+from .common import LoopSettings, Prompter, _prefixed, optimise, resume_checkpoint
 
 STAGE = "nerf"
 
@@ -61,21 +61,13 @@ class NeRFParticles:
                 betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
             for field, background in zip(self.fields, self.backgrounds)
         ]
-        self.uncond_emb = prior.encode_prompts([recipe.prior.negative_prompt])
-        # Eq. (9): the prior sees the view-dependent prompt y^c, the score model y and the camera c
-        self.plain_emb = prior.encode_prompts([prompt])
+        self.prompter = Prompter(prior, prompt, recipe.camera, recipe.prior.negative_prompt)
 
     # -- the Problem interface ----------------------------------------------------------------
 
     def sample_view(self, step: int) -> View:
-        batch = self.recipe.nerf.batch_size
-        cameras = sample_cameras(self.recipe.camera, batch, generator=self.generator)
-        prompts = view_prompts(self.prompt, cameras, self.recipe.camera)
-        cond = Conditioning(text_emb=self.prior.encode_prompts(prompts),
-                            uncond_emb=self.uncond_emb.expand(batch, -1, -1),
-                            camera=cameras.embedding().to(self.device),
-                            score_text_emb=self.plain_emb.expand(batch, -1, -1))
-        return View(cameras=cameras.to(self.device), cond=cond, resolution=resolution_at(self.recipe, step))
+        cameras = sample_cameras(self.recipe.camera, self.recipe.nerf.batch_size, generator=self.generator)
+        return self.prompter.view(cameras, resolution_at(self.recipe, step))
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
         cfg = self.recipe.nerf

@@ -1,0 +1,178 @@
+"""`prolific texture`: VSD on a new hash-grid albedo field over a fixed mesh (paper, Sec. 4).
+
+The mesh comes from the run's geometry stage, else its extract stage, or from any mesh file
+(`--mesh`), which is centred and scaled into the object box the cameras look at and mapped back
+to its own coordinates on export. theta = the texture field (and the background); the distiller
+is VSD with CFG 7.5 and its own LoRA score model. At the end the texture is baked into a UV atlas
+and written as OBJ + MTL + PNG and as one GLB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..cameras import sample_cameras
+from ..config import Recipe, from_dict, to_dict
+from ..mesh.dmtet import DMTet
+from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
+from ..mesh.mesh import Mesh, load_mesh
+from ..optimize import Rendered, View
+from ..prior import load_prior
+from ..render.background import Background
+from ..render.mesh import render_mesh, surface_colors
+from ..scene.texture import TextureField
+from .common import LoopSettings, Prompter, _prefixed, clear_stage, optimise, refuse_existing, resume_checkpoint
+from .geometry import build_distiller
+from .mesh_preview import preview_grid
+
+STAGE = "texture"
+OBJECT_RADIUS = 0.5  # an external mesh is scaled to this bounding-box half-diagonal (the NeRF init's blob)
+
+
+class TextureProblem:
+    n_particles = 1
+
+    def __init__(self, recipe: Recipe, mesh: Mesh, prompter: Prompter, generator: torch.Generator):
+        self.recipe, self.cfg = recipe, recipe.texture
+        self.mesh, self.prompter, self.generator = mesh, prompter, generator
+        device = mesh.vertices.device
+        self.field = TextureField(self.cfg.grid, self.cfg.hidden_dim).to(device)
+        self.background = Background(self.cfg.background).to(device)
+        groups = self.field.param_groups(self.cfg.lr_grid, self.cfg.lr_heads)
+        groups.append({"params": list(self.background.parameters()), "lr": self.cfg.lr_background})
+        nerf = recipe.nerf  # the same Adam settings as the NeRF stage's hash grid
+        self.optimizers = [torch.optim.AdamW(groups, betas=nerf.adam_betas, eps=nerf.adam_eps, weight_decay=0.0)]
+
+    def sample_view(self, step: int) -> View:
+        cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
+        return self.prompter.view(cameras, self.cfg.resolution)
+
+    def render(self, particle: int, view: View, step: int) -> Rendered:
+        cameras, size = view.cameras, view.resolution
+        out = render_mesh(self.mesh, cameras, size, self.cfg.render)
+        color = surface_colors(out, self.field)
+        _, directions = cameras.rays(size, size)
+        background = self.background(directions)
+        # random solid backgrounds stop the texture from relying on the background (as in the NeRF stage)
+        if float(torch.rand((), generator=self.generator)) < self.cfg.background.random_color_prob:
+            solid = torch.rand(len(cameras), 3, generator=self.generator).to(background.device)
+            background = solid[:, None, None, :].expand_as(background)
+        image = out.composite(color, background, self.mesh, self.cfg.render)
+        return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
+
+    def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return rendered.rgb.new_zeros(()), {}
+
+    def optimizer(self, particle: int) -> torch.optim.Optimizer:
+        return self.optimizers[0]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"field.{k}": v for k, v in self.field.state_dict().items()}
+        out.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.field.load_state_dict(_prefixed(tensors, "field."))
+        self.background.load_state_dict(_prefixed(tensors, "background."))
+
+    def preview(self, resolution: int) -> np.ndarray:
+        return preview_grid(self.mesh, self.recipe, resolution=resolution, color_fn=self.field)
+
+
+def fit_to_object_box(mesh: Mesh) -> tuple[Mesh, torch.Tensor, float]:
+    """Centre the bounding box at the origin and scale its half-diagonal to OBJECT_RADIUS."""
+    lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
+    centre, radius = (lo + hi) / 2, float((hi - lo).norm() / 2)
+    if radius <= 0:
+        raise ArtifactError("the mesh has no extent (all vertices coincide)")
+    scale = OBJECT_RADIUS / radius
+    return Mesh((mesh.vertices - centre) * scale, mesh.faces), centre, scale
+
+
+def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Path], torch.Tensor, float]:
+    """The mesh to texture, where it came from, the input paths to hash, and the transform
+    (centre, scale) from its own coordinates into the object box."""
+    if mesh_path is not None:
+        mesh, centre, scale = fit_to_object_box(load_mesh(mesh_path))
+        return mesh, str(Path(mesh_path).resolve()), [Path(mesh_path)], centre, scale
+    for name in ("geometry", "extract"):
+        stage = run.stage(name)
+        manifest = stage.manifest
+        if manifest is not None and manifest.get("status") == "complete":
+            tensors = load_checkpoint(stage.checkpoint_dir).tensors
+            dmtet = DMTet.from_tensors(_prefixed(tensors, "dmtet.") if name == "geometry" else tensors)
+            with torch.no_grad():
+                mesh = dmtet.mesh().detach()
+            return mesh, name, [stage.checkpoint_dir], torch.zeros(3), 1.0
+    raise ArtifactError(f"{run.path} has no complete geometry or extract stage to texture; run "
+                        "`prolific extract` first, or pass --mesh FILE")
+
+
+@dataclass
+class TextureResult:
+    run_dir: Path
+    step: int
+    steps: int
+    seconds: float
+    glb: Path
+
+
+def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
+        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None) -> TextureResult:
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists() and prompt is not None and recipe is not None and not resume:
+        run = RunDir.create(run_dir, prompt, recipe.seed, recipe.name)  # texturing a mesh file from scratch
+    else:
+        run = RunDir.open(run_dir)
+    stage = run.stage(STAGE)
+    checkpoint = None
+    if resume:
+        manifest, checkpoint = resume_checkpoint(stage, STAGE)
+        recipe = from_dict(manifest["config"])
+        # the mesh it started from: a mesh file is its first input (a stage's input is a checkpoint dir)
+        first_input = Path(manifest["inputs"][0]["path"]) if manifest.get("inputs") else None
+        mesh_path = first_input if first_input is not None and first_input.is_file() else None
+    elif force:
+        clear_stage(stage)
+    else:
+        refuse_existing(stage, STAGE, run.path)
+    mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
+
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces); loading prior {recipe.prior.model}[/]")
+    prior = load_prior(recipe.prior)
+    mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
+    prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
+    problem = TextureProblem(recipe, mesh, prompter, generator)
+    distiller = build_distiller(recipe.texture.guidance, recipe, prior)
+    cfg = recipe.texture
+    settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
+
+    def finalize() -> list[str]:
+        with console.status("baking the texture into a UV atlas"):
+            uv_mesh = unwrap(Mesh(mesh.vertices.cpu(), mesh.faces.cpu()), size=cfg.texture_size)
+            field = problem.field
+
+            def color_fn(points):
+                return field(points.to(prior.device)).cpu()
+
+            image = bake_texture(uv_mesh, color_fn, size=cfg.texture_size)
+            uv_mesh.vertices = uv_mesh.vertices / scale + centre  # back to the source mesh's own coordinates
+            written = save_obj(uv_mesh, image, stage.path / "model.obj")
+            written.append(save_glb(uv_mesh, image, stage.path / "model.glb"))
+        return [p.name for p in written]
+
+    config = to_dict(recipe)
+    done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=config,
+                    inputs=inputs, checkpoint=checkpoint, console=console, title=f"texture {cfg.guidance.method}",
+                    outputs=[], finalize=finalize, extra={"mesh": source})
+    return TextureResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]),
+                         stage.path / "model.glb")

@@ -1,0 +1,100 @@
+"""`prolific geometry` and `prolific texture` end to end on the tiny prior, the swap of an
+external mesh, and the one-line errors of the mesh stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from typer.testing import CliRunner
+
+from prolificli.artifacts import load_checkpoint
+from prolificli.cli import app
+
+TINY_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml")
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
+    return result
+
+
+def one_line_error(result, fragment):
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert "Traceback" not in result.stderr and fragment in " ".join(result.stderr.split()), result.stderr
+
+
+@pytest.fixture
+def extracted_run(tiny_nerf_run):
+    ok(invoke("extract", tiny_nerf_run))
+    return tiny_nerf_run
+
+
+def test_geometry_stage_moves_the_surface_and_writes_a_watertight_mesh(extracted_run):
+    summary = json.loads(ok(invoke("geometry", extracted_run, "--json")).stdout)
+    assert summary["status"] == "complete" and summary["step"] == summary["steps"] == 4
+    stage = extracted_run / "geometry"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["config"]["geometry"]["guidance"] == {**manifest["config"]["geometry"]["guidance"],
+                                                          "method": "sds", "cfg": 100.0}
+    assert manifest["inputs"][0]["path"].endswith("extract/checkpoint")
+    before = load_checkpoint(extracted_run / "extract" / "checkpoint").tensors["sdf"]
+    after = load_checkpoint(stage / "checkpoint").tensors["dmtet.sdf"]
+    assert not np.allclose(before.numpy(), after.numpy())
+    mesh = trimesh.load(stage / "mesh.ply", process=False)
+    assert mesh.is_watertight and len(mesh.faces) > 100
+    metrics = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert {"normal_consistency", "laplacian", "faces"} <= set(metrics[-1])
+    assert (stage / "previews" / "latest.png").is_file()
+    # a complete stage is not silently redone
+    one_line_error(invoke("geometry", extracted_run), "--force")
+    one_line_error(invoke("geometry", extracted_run, "--resume"), "already complete")
+
+
+def test_texture_stage_exports_obj_and_glb(extracted_run):
+    ok(invoke("texture", extracted_run, "--set", "texture.steps=2"))  # from the extract stage's mesh
+    stage = extracted_run / "texture"
+    for name in ("model.obj", "model.mtl", "model.png", "model.glb"):
+        assert (stage / name).is_file(), name
+    glb = trimesh.load(stage / "model.glb", force="mesh")
+    assert glb.visual.uv is not None and glb.visual.material.baseColorTexture.size == (64, 64)
+    obj = trimesh.load(stage / "model.obj", force="mesh")
+    assert obj.visual.uv.shape == (len(obj.vertices), 2)
+    extracted = trimesh.load(extracted_run / "extract" / "mesh.ply", process=False)
+    assert np.allclose(obj.bounds, extracted.bounds, atol=1e-4)  # OBJ keeps the run's coordinates
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and "model.glb" in manifest["outputs"]
+
+
+def test_texture_an_external_mesh_in_a_new_run(tiny_model_dir, tmp_path):
+    box = trimesh.creation.box((2.0, 1.0, 0.5))
+    box.apply_translation([3.0, 0.0, 1.0])
+    box = box.subdivide()
+    box.export(tmp_path / "box.obj")
+    out = tmp_path / "boxrun"
+    ok(invoke("texture", out, "--mesh", tmp_path / "box.obj", "--prompt", "a wooden crate", "--recipe", TINY_RECIPE,
+              "--set", f"prior.model={tiny_model_dir}", "--steps", "2"))
+    assert json.loads((out / "run.json").read_text())["prompt"] == "a wooden crate"
+    # exported in the mesh's own coordinates: the OBJ as given, the GLB rotated to y-up
+    obj = trimesh.load(out / "texture" / "model.obj", force="mesh")
+    assert np.allclose(obj.bounds, box.bounds, atol=1e-4)
+    glb = trimesh.load(out / "texture" / "model.glb", force="mesh")
+    lo, hi = box.bounds
+    assert np.allclose(glb.bounds, [[lo[0], lo[2], -hi[1]], [hi[0], hi[2], -lo[1]]], atol=1e-4)
+
+
+def test_mesh_stage_errors(tiny_nerf_run, tmp_path):
+    one_line_error(invoke("geometry", tiny_nerf_run), "prolific extract")
+    one_line_error(invoke("texture", tiny_nerf_run), "prolific extract")
+    one_line_error(invoke("texture", tiny_nerf_run, "--mesh", tmp_path / "missing.obj"), "not found")
+    (tmp_path / "junk.obj").write_text("this is not a mesh\n")
+    one_line_error(invoke("texture", tiny_nerf_run, "--mesh", tmp_path / "junk.obj"), "junk.obj")
+    one_line_error(invoke("texture", tmp_path / "nowhere", "--mesh", tmp_path / "junk.obj"), "--prompt")
+    one_line_error(invoke("geometry", tmp_path / "nowhere"), "error")

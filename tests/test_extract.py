@@ -115,3 +115,20 @@ def test_extract_bad_input_is_one_line(tiny_nerf_run, args, message):
 def test_extract_needs_a_complete_nerf_stage(tmp_path):
     result = invoke("extract", tmp_path)
     assert result.exit_code == 2 and "error:" in result.stderr
+
+
+def test_albedo_across_surface_reads_what_the_volume_renderer_shows():
+    """Compositing along the normal equals the colour the renderer draws for a ray hitting the
+    surface head-on: compare with render_rays on rays along -normal through the same points."""
+    from prolificli.render.volume import render_rays
+    from prolificli.scene.nerf import albedo_across_surface
+
+    field = ToyObjectField(ToyObject("sphere", "yellow"))
+    directions = torch.nn.functional.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    radius = signed_distance("sphere", torch.zeros(1, 3)).abs().item()  # the centre is one radius inside
+    points = directions * radius
+    ours = albedo_across_surface(field, points, directions, half_width=0.05, samples=64)
+    rendered = render_rays(field, points + 0.5 * directions, -directions, VolumeRenderConfig(n_coarse=128, n_fine=64),
+                           stratified=False)
+    expected = rendered["rgb"] / rendered["opacity"].clamp(min=1e-6)
+    assert torch.allclose(ours, expected, atol=0.03)

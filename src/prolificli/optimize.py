@@ -155,7 +155,9 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
             tic = time.perf_counter()
             logs = step_fn(done)
             done += 1
-            rate_window = (rate_window + [time.perf_counter() - tic])[-20:]
+            seconds = time.perf_counter() - tic
+            logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
+            rate_window = (rate_window + [seconds])[-20:]
             if not math.isfinite(logs.get("loss", 0.0)):
                 raise FloatingPointError(f"loss became {logs['loss']} at step {done}")
             if done % log_every == 0 or done == steps:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,15 @@ class Mesh:
     vertices: Tensor  # [N,3]
     faces: Tensor  # [F,3] long, counter-clockwise seen from outside
     colors: Tensor | None = None  # [N,3] in [0,1]
+    _neighbors: Tensor | None = field(default=None, repr=False, compare=False)
+
+    def face_neighbors(self) -> Tensor:
+        """[F,3] the face across each edge (-1 on a border); computed once per mesh."""
+        if self._neighbors is None:
+            from ..render.raster import face_neighbors
+
+            self._neighbors = face_neighbors(self.faces)
+        return self._neighbors
 
     def face_normals(self) -> Tensor:
         a, b, c = (self.vertices[self.faces[:, k]] for k in range(3))
@@ -104,9 +113,7 @@ def compact(mesh: Mesh) -> Mesh:
 
 def normal_consistency(mesh: Mesh) -> Tensor:
     """Mean of 1 - cos(angle) between the normals of faces sharing an edge."""
-    from ..render.raster import face_neighbors
-
-    neighbors = face_neighbors(mesh.faces)
+    neighbors = mesh.face_neighbors()
     normals = mesh.face_normals()
     face, edge = torch.nonzero(neighbors >= 0, as_tuple=True)
     other = neighbors[face, edge]

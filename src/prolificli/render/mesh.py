@@ -31,7 +31,7 @@ class MeshRender:
     def composite(self, color: Tensor, background: Tensor, mesh: Mesh, cfg: MeshRenderConfig) -> Tensor:
         """color [B,H,W,3] on the surface over background [B,H,W,3], silhouettes antialiased."""
         hard = torch.where(self.mask[..., None], color, background)
-        return raster.antialias(hard, self.rast, mesh.faces) if cfg.antialias else hard
+        return raster.antialias(hard, self.rast, mesh.faces, mesh.face_neighbors()) if cfg.antialias else hard
 
 
 def nvdiffrast_available() -> bool:
@@ -50,7 +50,7 @@ def render_mesh(mesh: Mesh, cameras: Cameras, resolution: int, cfg: MeshRenderCo
     rast = raster.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
     mask = rast.mask
     coverage = mask[..., None].to(mesh.vertices.dtype)
-    opacity = raster.antialias(coverage, rast, mesh.faces) if cfg.antialias else coverage
+    opacity = raster.antialias(coverage, rast, mesh.faces, mesh.face_neighbors()) if cfg.antialias else coverage
     normals = raster.interpolate(mesh.vertex_normals(), mesh.faces, rast)
     normals = torch.nn.functional.normalize(normals, dim=-1) * mask[..., None]
     position = raster.interpolate(mesh.vertices, mesh.faces, rast)
@@ -63,6 +63,14 @@ def surface_colors(render: MeshRender, color_fn: Callable[[Tensor], Tensor]) -> 
     if render.mask.any():
         out = out.index_put((render.mask,), color_fn(render.position[render.mask]))
     return out
+
+
+def sample_texture(uv: Tensor, texture: Tensor) -> Tensor:
+    """Bilinear lookup of texture [T,T,3] (row 0 = v 1, the OBJ/glTF convention) at uv [B,H,W,2]."""
+    grid = torch.stack([2 * uv[..., 0] - 1, 1 - 2 * uv[..., 1]], dim=-1)  # grid_sample: y = -1 is row 0
+    image = texture.permute(2, 0, 1)[None].expand(uv.shape[0], -1, -1, -1)
+    out = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.permute(0, 2, 3, 1)
 
 
 def normal_image(render: MeshRender, cameras: Cameras) -> Tensor:

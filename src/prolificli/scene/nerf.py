@@ -82,3 +82,20 @@ class NeRFField(nn.Module):
             {"name": "grid", "params": list(self.grid.parameters()), "lr": stage.lr_grid},
             {"name": "heads", "params": list(self.mlp.parameters()), "lr": stage.lr_heads},
         ]
+
+
+def albedo_across_surface(field: NeRFField, points: Tensor, normals: Tensor, half_width: float,
+                          samples: int = 16) -> Tensor:
+    """The colour the NeRF renders at surface `points` [N,3] seen along their normals: alpha-composite
+    `samples` points from half_width outside to half_width inside. A point query at the level set
+    alone reads the albedo where the density is still thin and the colour barely constrained."""
+    offsets = torch.linspace(half_width, -half_width, samples, device=points.device, dtype=points.dtype)
+    x = points[:, None, :] + offsets[None, :, None] * normals[:, None, :]  # outside first
+    density, albedo = field(x.reshape(-1, 3))
+    density, albedo = density.reshape(-1, samples), albedo.reshape(-1, samples, 3)
+    alpha = 1 - torch.exp(-density * (2 * half_width / (samples - 1)))
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], 1), 1)
+    weights = alpha * transmittance
+    total = weights.sum(1, keepdim=True)
+    composited = (weights[..., None] * albedo).sum(1) / total.clamp(min=1e-8)
+    return torch.where(total > 1e-4, composited, albedo[:, samples // 2])

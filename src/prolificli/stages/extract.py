@@ -30,6 +30,7 @@ from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh
 from ..mesh.tets import TetGrid
 from ..render.volume import render_rays
+from ..scene.nerf import albedo_across_surface
 from .common import clear_stage
 from .mesh_preview import preview_grid
 
@@ -107,9 +108,10 @@ def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
     sdf = torch.where(floaters, torch.full_like(sdf, cell), sdf)  # dropped pieces become outside
     dmtet = DMTet(grid, sdf.reshape(-1))
     mesh = dmtet.mesh().detach()
-    # the albedo one cell inside the surface: at the threshold itself the density is low and the
-    # NeRF's colour there barely reaches any pixel, so it is poorly constrained
-    _, albedo = field(mesh.vertices - cell * mesh.vertex_normals())
+    normals = mesh.vertex_normals()
+    albedo = torch.cat([albedo_across_surface(field, mesh.vertices[i : i + CHUNK // 16],
+                                              normals[i : i + CHUNK // 16], 4 * cell)
+                        for i in range(0, len(mesh.vertices), CHUNK // 16)]) if len(mesh.vertices) else None
     return Surface(dmtet, Mesh(mesh.vertices, mesh.faces, albedo), threshold, len(small))
 
 

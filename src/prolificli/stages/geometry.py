@@ -24,7 +24,8 @@ from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
 from ..optimize import Rendered, View
 from ..prior import load_prior
-from ..render.mesh import normal_image, render_mesh, surface_colors
+from ..render.mesh import normal_image, render_mesh
+from ..scene.nerf import albedo_across_surface
 from .common import LoopSettings, Prompter, clear_stage, optimise, refuse_existing, resume_checkpoint
 from .mesh_preview import preview_grid
 
@@ -42,6 +43,7 @@ class GeometryProblem:
         self.prompter, self.generator = prompter, generator
         self.optimizers = [torch.optim.Adam(self.dmtet.parameters(), lr=self.cfg.lr)]
         self.mesh: Mesh | None = None
+        self.half_width = 4 * dmtet.grid.cell  # how deep the NeRF's colour is read across the surface
 
     def sample_view(self, step: int) -> View:
         cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
@@ -56,7 +58,11 @@ class GeometryProblem:
         if self.cfg.shading == "normal":
             color = normal_image(out, view.cameras)
         else:
-            color = surface_colors(out, lambda x: self.albedo_field(x)[1])
+            color = out.position.new_zeros(out.position.shape)
+            hit = out.mask
+            if hit.any():
+                color = color.index_put((hit,), albedo_across_surface(
+                    self.albedo_field, out.position[hit], out.normal[hit], self.half_width))
         white = torch.ones_like(color)
         image = out.composite(color, white, self.mesh, self.cfg.render)
         return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
@@ -82,7 +88,8 @@ class GeometryProblem:
     def colored_mesh(self) -> Mesh:
         with torch.no_grad():
             mesh = self.dmtet.mesh().detach()
-            return Mesh(mesh.vertices, mesh.faces, self.albedo_field(mesh.vertices)[1])
+            colors = albedo_across_surface(self.albedo_field, mesh.vertices, mesh.vertex_normals(), self.half_width)
+            return Mesh(mesh.vertices, mesh.faces, colors)
 
     def preview(self, resolution: int) -> np.ndarray:
         return preview_grid(self.colored_mesh(), self.recipe, resolution=resolution)

@@ -62,3 +62,48 @@ def evaluate_particle(field, background, recipe: Recipe, prompt: str, scorer: To
         iou = silhouette_iou(out.opacity, truth.opacity)
         error = depth_error(out.depth, out.opacity, truth.depth, truth.opacity)
     return ParticleReport(accuracy, iou, error, votes)
+
+
+def chamfer_distance(mesh, truth, samples: int = 20000, seed: int = 0) -> float:
+    """Symmetric Chamfer distance between two trimesh surfaces: the mean of the two mean
+    nearest-neighbour distances between `samples` area-uniform points on each (world units)."""
+    from scipy.spatial import cKDTree
+    from trimesh.sample import sample_surface
+
+    a = sample_surface(mesh, samples, seed=seed)[0]
+    b = sample_surface(truth, samples, seed=seed + 1)[0]
+    return 0.5 * float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
+
+
+def object_size(shape: str) -> float:
+    """The longest side of the true object's bounding box: what the Chamfer distance is compared to."""
+    from .shapes import ground_truth_mesh
+
+    return float(ground_truth_mesh(shape).extents.max())
+
+
+@torch.no_grad()
+def evaluate_textured_mesh(vertices: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor, recipe: Recipe,
+                           prompt: str, scorer: ToyScorer, *, views: int = 8, resolution: int = 64) -> ParticleReport:
+    """What the scorer reads in a textured mesh rendered on white from the evaluation orbit, and its
+    silhouette IoU against the true object. texture: [T,T,3] float in [0,1], row 0 = v 1."""
+    from ..config import MeshRenderConfig
+    from ..mesh.mesh import Mesh
+    from ..render import raster
+    from ..render.mesh import render_mesh, sample_texture
+
+    cameras = evaluation_cameras(recipe, views)
+    mesh = Mesh(vertices, faces)
+    cfg = MeshRenderConfig(backend="torch")
+    out = render_mesh(mesh, cameras, resolution, cfg)
+    color = sample_texture(raster.interpolate(uvs, faces, out.rast), texture)
+    image = out.composite(color, torch.ones_like(color), mesh, cfg)
+    images = image.permute(0, 3, 1, 2).clamp(0, 1)
+    accuracy = scorer.matches(images, prompt).float().mean().item()
+    shapes, _ = scorer.classify(images)
+    shape, colour = parse_prompt(prompt)
+    iou = None
+    if shape is not None:
+        truth = render_object(ToyObject(shape, colour or "red"), cameras, resolution)
+        iou = silhouette_iou(out.opacity, truth.opacity)
+    return ParticleReport(accuracy, iou, None, {s: shapes.count(s) for s in SHAPES if s in shapes})

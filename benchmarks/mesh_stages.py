@@ -1,0 +1,123 @@
+"""The mesh stages in the toy world: extract -> geometry -> texture from a NeRF run, measured
+against the true object.
+
+    python benchmarks/mesh_stages.py                                  # cube, sphere, cylinder NeRFs
+    python benchmarks/mesh_stages.py --prompts "a red cube" --set geometry.steps=100
+
+For each prompt: a NeRF stage with recipes/toy.yaml (or the run benchmarks/toyworld.py left in
+results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and `texture` with the same recipe.
+Reports Chamfer distance to the true object (in % of its longest side) of the extracted and the
+refined mesh, the toy scorer's accuracy over 8 views of the textured GLB and its silhouette IoU,
+and seconds in all and per step of each stage. Writes results/mesh_stages.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+RECIPE = str(ROOT.parent / "recipes" / "toy.yaml")
+DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder"]
+
+
+def nerf_run(prompt: str, workdir: Path, console: Console) -> Path:
+    """A NeRF run for `prompt`: the toyworld benchmark's VSD run if there is one, else a new one."""
+    from prolificli.config import build_recipe
+    from prolificli.stages import nerf
+
+    slug = prompt.replace(" ", "-")
+    out = workdir / slug
+    shutil.rmtree(out, ignore_errors=True)
+    existing = RESULTS / "toyworld-runs" / "vsd-cfg7.5" / slug
+    if (existing / "nerf" / "manifest.json").exists():
+        shutil.copytree(existing, out)
+    else:
+        nerf.run(build_recipe(RECIPE), prompt, out, console=console)
+    return out
+
+
+def step_seconds(stage: Path) -> float:
+    """Median seconds of one optimisation step (the loop logs each step's own time)."""
+    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    return round(float(np.median([r["step_seconds"] for r in records])), 3)
+
+
+def timed(fn):
+    tic = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - tic
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
+    parser.add_argument("--runs", type=Path, default=RESULTS / "mesh-runs")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    from prolificli.cli import quiet_libraries
+    from prolificli.config import build_recipe
+    from prolificli.stages import extract, geometry, texture
+    from prolificli.toyworld.evaluate import chamfer_distance, evaluate_textured_mesh, object_size
+    from prolificli.toyworld.scorer import load_scorer
+    from prolificli.toyworld.shapes import ground_truth_mesh, parse_prompt
+
+    quiet_libraries()
+    scorer = load_scorer()
+    rows = []
+    for prompt in args.prompts:
+        shape, _ = parse_prompt(prompt)
+        run = nerf_run(prompt, args.runs, console)
+        base = json.loads((run / "nerf" / "manifest.json").read_text())["config"]
+        recipe = build_recipe(RECIPE, args.overrides, base=base)
+        truth, size = ground_truth_mesh(shape), object_size(shape)
+
+        _, t_extract = timed(lambda: extract.run(run, recipe, console=console))
+        extracted = trimesh.load(run / "extract" / "mesh.ply", process=False)
+        _, t_geometry = timed(lambda: geometry.run(run, recipe, console=console))
+        refined = trimesh.load(run / "geometry" / "mesh.ply", process=False)
+        result, t_texture = timed(lambda: texture.run(run, recipe, console=console))
+
+        glb = trimesh.load(result.glb, force="mesh", process=False)
+        image = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
+        vertices = np.asarray(glb.vertices)
+        vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)  # y-up back to z-up
+        report = evaluate_textured_mesh(torch.tensor(vertices, dtype=torch.float32), torch.tensor(glb.faces),
+                                        torch.tensor(np.asarray(glb.visual.uv), dtype=torch.float32),
+                                        torch.tensor(image), recipe, prompt, scorer)
+        rows.append({
+            "prompt": prompt,
+            "chamfer_extract_pct": 100 * chamfer_distance(extracted, truth) / size,
+            "chamfer_geometry_pct": 100 * chamfer_distance(refined, truth) / size,
+            "texture_prompt_accuracy": report.prompt_accuracy, "texture_iou": report.silhouette_iou,
+            "texture_votes": report.shape_votes, "faces_extract": len(extracted.faces),
+            "faces_geometry": len(refined.faces),
+            "seconds": {"extract": round(t_extract, 1), "geometry": round(t_geometry, 1), "texture": round(t_texture, 1)},
+            "seconds_per_step": {name: step_seconds(run / name) for name in ("geometry", "texture")},
+        })
+        print(json.dumps(rows[-1]), flush=True)
+
+    print(f"\n{'prompt':<18} | {'chamfer extract %':>17} | {'geometry %':>10} | {'texture acc':>11} | {'IoU':>5} | "
+          f"{'extract s':>9} | {'geom s/step':>11} | {'tex s/step':>10}")
+    for r in rows:
+        print(f"{r['prompt']:<18} | {r['chamfer_extract_pct']:>17.2f} | {r['chamfer_geometry_pct']:>10.2f} | "
+              f"{r['texture_prompt_accuracy']:>11.3f} | {r['texture_iou']:>5.3f} | {r['seconds']['extract']:>9.1f} | "
+              f"{r['seconds_per_step']['geometry']:>11.3f} | {r['seconds_per_step']['texture']:>10.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "mesh_stages.json"
+    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

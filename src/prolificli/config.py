@@ -171,7 +171,7 @@ class ExtractConfig:
 
 @dataclass
 class MeshRenderConfig:
-    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"  # auto: nvdiffrast when it imports
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"  # auto = torch; nvdiffrast: not implemented yet
     antialias: bool = True
 
 

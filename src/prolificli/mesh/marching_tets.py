@@ -11,7 +11,6 @@ normal points from the inside corners to the outside ones.
 
 from __future__ import annotations
 
-import importlib
 
 import torch
 from torch import Tensor
@@ -89,11 +88,3 @@ def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Te
     present = triangles[..., 0] >= 0
     faces = torch.gather(edge_vertex, 1, triangles.clamp(min=0).reshape(len(tets), 6)).reshape(-1, 2, 3)
     return points, faces[present]
-
-
-def kaolin_available() -> bool:
-    try:
-        importlib.import_module("kaolin")
-    except Exception:  # a broken CUDA build raises more than ImportError
-        return False
-    return True

@@ -1,7 +1,7 @@
 """`prolific extract`: a DMTet tet grid and a watertight mesh from a NeRF particle's density.
 
     threshold  the density level of the surface: given, or measured where the NeRF draws its own
-               silhouette (the median density at the expected depth of rays that render opaque)
+               silhouette (the level whose silhouette best matches the NeRF's opacity > 1/2)
     box        a probe of the whole field finds the object; the tet grid covers it tightly, so
                its `resolution` cells span the object, not the empty scene around it
     clean      inside grid points are grouped into connected pieces and pieces much smaller than
@@ -29,7 +29,7 @@ from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh
 from ..mesh.tets import TetGrid
-from ..render.volume import render_rays
+from ..render.volume import intersect_box, render_rays
 from ..scene.nerf import albedo_across_surface
 from .common import clear_stage
 from .mesh_preview import preview_grid
@@ -46,18 +46,32 @@ def query(field, points: Tensor) -> Tensor:
 
 @torch.no_grad()
 def automatic_threshold(field, render_cfg: VolumeRenderConfig, recipe: Recipe, views: int = 8,
-                        resolution: int = 64) -> float:
+                        resolution: int = 48, samples: int = 192) -> float:
+    """The density level whose surface has the NeRF's own silhouette.
+
+    A ray meets the level set {density > tau} iff the largest density along it exceeds tau, so
+    the mesh's silhouette for any tau is known from one march per ray. Choose tau to maximise the
+    IoU between that silhouette and the pixels the NeRF renders with opacity > 1/2, over 8 views
+    of the evaluation orbit. (A density read where the rays turn opaque would be biased to the
+    spikes of a hazy, noisy NeRF: its level set would be porous and too small.)"""
     cam = recipe.camera
     cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
     origins, directions = (t.reshape(-1, 3) for t in cameras.rays(resolution, resolution))
-    out = render_rays(field, origins, directions, render_cfg, stratified=False)
-    opaque = out["opacity"][:, 0] > 0.9
-    if not opaque.any():
+    covered = render_rays(field, origins, directions, render_cfg, stratified=False)["opacity"][:, 0] > 0.5
+    if not covered.any():
         raise ArtifactError("the NeRF renders nothing opaque from the evaluation orbit, so no surface "
                             "threshold can be measured; pass --threshold")
-    depth = out["depth"][opaque, 0] / out["opacity"][opaque, 0]
-    surface = origins[opaque] + depth[:, None] * directions[opaque]
-    return float(query(field, surface).median())
+    t_near, t_far, hit = intersect_box(origins, directions, field.bound, render_cfg.near)
+    fraction = (torch.arange(samples, dtype=origins.dtype) + 0.5) / samples
+    t = t_near[:, None] + (t_far - t_near).clamp(min=0)[:, None] * fraction[None]
+    peak = torch.cat([query(field, (origins[i:i + 1024, None, :] + t[i:i + 1024, :, None]
+                                    * directions[i:i + 1024, None, :]).reshape(-1, 3)).reshape(-1, samples).amax(1)
+                      for i in range(0, len(origins), 1024)])
+    peak = torch.where(hit, peak, torch.zeros_like(peak))
+    candidates = torch.linspace(0, float(peak.max()), 201)[1:]
+    ious = torch.stack([((peak > tau) & covered).sum() / ((peak > tau) | covered).sum() for tau in candidates])
+    best = torch.nonzero(ious >= ious.max() - 1e-6).squeeze(1)  # pixels are coarse: many levels tie
+    return float(candidates[best[len(best) // 2]])
 
 
 def _cells(extent: Tensor, cell: float) -> tuple[int, int, int]:
@@ -97,7 +111,9 @@ def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
     density = query(field, grid.vertices()).reshape(grid.shape)
 
     solid = (density > threshold).numpy()
-    labels, count = ndimage.label(solid, structure=np.ones((3, 3, 3)))
+    if not solid.any():  # the probe saw the object but it is thinner than a fine cell everywhere
+        raise ArtifactError(f"no grid point is denser than the threshold {threshold:.3g}; pass a lower --threshold")
+    labels, _ = ndimage.label(solid, structure=np.ones((3, 3, 3)))
     sizes = np.bincount(labels.ravel())[1:]
     small = np.flatnonzero(sizes < cfg.min_component * sizes.max()) + 1
     floaters = torch.from_numpy(np.isin(labels, small))

@@ -110,8 +110,10 @@ def save_diffusers_layout(out: Path, unet, text_encoder, tokenizer_words: list[s
     (out / "training.json").write_text(json.dumps(info, indent=2))
 
 
-def load_or_make_data(workdir: Path, views: int, seed: int, name: str):
-    """Rendered views, cached in the work directory (rendering 3600 views takes minutes on a CPU)."""
+def load_or_make_data(workdir: Path, views: int, seed: int, name: str, camera=None):
+    """Rendered views, cached in the work directory (rendering 3600 views takes minutes on a CPU).
+    `camera`: the CameraConfig to sample views from (default: the NeRF stage's defaults); a work
+    directory holds renders of one camera distribution only."""
     from .data import ToyDataset
 
     path = workdir / f"{name}-{views}-{RESOLUTION}-{seed}.safetensors"
@@ -119,7 +121,7 @@ def load_or_make_data(workdir: Path, views: int, seed: int, name: str):
         t = load_file(path)
         meta = json.loads((path.with_suffix(".json")).read_text())
         return ToyDataset(t["images"], t["opacity"], t["object_index"], t["c2w"], t["fovy"], meta["suffix"])
-    data = make_dataset(views, RESOLUTION, seed)
+    data = make_dataset(views, RESOLUTION, seed, camera=camera)
     save_file({"images": data.images, "opacity": data.opacity, "object_index": data.object_index,
                "c2w": data.c2w.contiguous(), "fovy": data.fovy}, path)
     path.with_suffix(".json").write_text(json.dumps({"suffix": data.suffix}))
@@ -142,13 +144,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--recipe", default=None, help="render the data from this recipe's camera distribution "
+                                                       "(default: the NeRF stage's defaults)")
     args = parser.parse_args(argv)
+    camera = None
+    if args.recipe is not None:
+        from ..config import build_recipe
+
+        camera = build_recipe(args.recipe).camera
 
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     tic = time.time()
-    train = load_or_make_data(workdir, args.views, args.seed, "train")
-    heldout = load_or_make_data(workdir, args.heldout_views, args.seed + 1000, "heldout")
+    train = load_or_make_data(workdir, args.views, args.seed, "train", camera)
+    heldout = load_or_make_data(workdir, args.heldout_views, args.seed + 1000, "heldout", camera)
     print(f"data: {len(train)} training and {len(heldout)} held-out views ({time.time() - tic:.0f} s)", flush=True)
 
     write_tokenizer_files(workdir / "tokenizer", WORDS, MAX_TOKENS)
@@ -212,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
             (workdir / "checkpoint.json").write_text(json.dumps({"step": done}))
             info = {"steps": done, "batch": args.batch, "lr": args.lr, "views": args.views, "seed": args.seed,
                     "ema": args.ema, "resolution": RESOLUTION, "heldout_loss": heldout_loss,
-                    "train_seconds_this_session": round(time.time() - tic, 1)}
+                    "train_seconds_this_session": round(time.time() - tic, 1),
+                    "camera_recipe": args.recipe}
             save_diffusers_layout(args.out, ema["unet"], ema["text_encoder"], WORDS, scheduler, info)
     print(f"saved {args.out}", flush=True)
 

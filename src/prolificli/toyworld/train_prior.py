@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import time
@@ -116,7 +117,12 @@ def load_or_make_data(workdir: Path, views: int, seed: int, name: str, camera=No
     directory holds renders of one camera distribution only."""
     from .data import ToyDataset
 
-    path = workdir / f"{name}-{views}-{RESOLUTION}-{seed}.safetensors"
+    tag = ""
+    if camera is not None:  # renders of another camera distribution must not be read from the cache
+        from ..config import to_dict
+
+        tag = "-" + hashlib.sha256(json.dumps(to_dict(camera), sort_keys=True).encode()).hexdigest()[:8]
+    path = workdir / f"{name}-{views}-{RESOLUTION}-{seed}{tag}.safetensors"
     if path.is_file():
         t = load_file(path)
         meta = json.loads((path.with_suffix(".json")).read_text())

@@ -68,7 +68,8 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
 
     from prolificli.config import build_recipe
     from prolificli.optimize import optimization_step
-    from prolificli.stages.nerf import NeRFParticles, build_distiller
+    from prolificli.stages.common import build_distiller
+    from prolificli.stages.nerf import NeRFParticles
 
     recipe = build_recipe(None, [f"guidance.method={method}", f"nerf.resolution={resolution}",
                                  "nerf.resolution_milestones=[]", f"prior.device={device}"])
@@ -76,7 +77,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
     generator = torch.Generator().manual_seed(0)
     prior = build_prior(model, device)
     particles = NeRFParticles(recipe, prior, "an elephant skull", generator)
-    distiller = build_distiller(recipe, prior)
+    distiller = build_distiller(recipe.guidance, recipe, prior)
     cuda = device.startswith("cuda")
 
     def step(i: int) -> None:

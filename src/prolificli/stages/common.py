@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
 from ..cameras import Cameras, view_prompts
-from ..distill import Conditioning
+from ..distill import SDS, VSD, Conditioning, ScoreModel
 from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
 
 
@@ -80,6 +80,13 @@ def refuse_existing(stage: StageDir, command: str, run_path) -> None:
     hint = "pass --force to start it again" if status == "complete" else \
         f"continue it with `prolific {command} --resume {run_path}` or pass --force to start again"
     raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
+
+
+def build_distiller(guidance, recipe, prior):
+    """SDS, or VSD with a new LoRA score model of the recipe's settings, for one stage's guidance."""
+    if guidance.method == "sds":
+        return SDS(prior, guidance)
+    return VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model)
 
 
 def clear_stage(stage: StageDir) -> None:

@@ -94,7 +94,8 @@ def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
 
     threshold = cfg.threshold if cfg.threshold is not None else automatic_threshold(field, render_cfg, recipe)
     probe = TetGrid.cube(PROBE_RESOLUTION, bound)
-    density = query(field, probe.vertices())
+    probe_points = probe.vertices()
+    density = query(field, probe_points)
     inside = density > threshold
     if not inside.any():
         raise ArtifactError(f"the level set is empty: the NeRF's density peaks at {float(density.max()):.3g}, "
@@ -103,7 +104,7 @@ def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
         raise ArtifactError(f"the whole volume is denser than the threshold {threshold:.3g}; pass a higher --threshold")
 
     # a tight box around the object, with a margin of one probe cell plus margin_cells of the fine grid
-    points = probe.vertices()[inside]
+    points = probe_points[inside]
     lo, hi = points.min(0).values - probe.cell, points.max(0).values + probe.cell
     cell = float((hi - lo).max()) / cfg.resolution
     lo = lo - cfg.margin_cells * cell

@@ -18,7 +18,6 @@ from rich.console import Console
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
 from ..cameras import sample_cameras
 from ..config import Recipe, from_dict, to_dict
-from ..distill import SDS, VSD, ScoreModel
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
@@ -26,7 +25,7 @@ from ..optimize import Rendered, View
 from ..prior import load_prior
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
-from .common import LoopSettings, Prompter, clear_stage, optimise, refuse_existing, resume_checkpoint
+from .common import LoopSettings, Prompter, build_distiller, clear_stage, optimise, refuse_existing, resume_checkpoint
 from .mesh_preview import preview_grid
 
 STAGE = "geometry"
@@ -93,12 +92,6 @@ class GeometryProblem:
 
     def preview(self, resolution: int) -> np.ndarray:
         return preview_grid(self.colored_mesh(), self.recipe, resolution=resolution)
-
-
-def build_distiller(guidance, recipe: Recipe, prior):
-    if guidance.method == "sds":
-        return SDS(prior, guidance)
-    return VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model)
 
 
 @dataclass

@@ -16,13 +16,12 @@ from rich.console import Console
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
 from ..cameras import orbit_cameras, sample_cameras
 from ..config import Recipe, from_dict, to_dict
-from ..distill import SDS, VSD, ScoreModel
 from ..optimize import Rendered, View
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
 from ..render.volume import render
 from ..scene.nerf import NeRFField
-from .common import LoopSettings, Prompter, _prefixed, optimise, resume_checkpoint
+from .common import LoopSettings, Prompter, _prefixed, build_distiller, optimise, resume_checkpoint
 
 STAGE = "nerf"
 
@@ -139,13 +138,6 @@ def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[R
     return recipe, particles
 
 
-def build_distiller(recipe: Recipe, prior: DiffusionPrior):
-    if recipe.guidance.method == "sds":
-        return SDS(prior, recipe.guidance)
-    score_model = ScoreModel(prior, recipe.score_model)
-    return VSD(prior, score_model, recipe.guidance, recipe.score_model)
-
-
 @dataclass
 class NeRFResult:
     run_dir: Path
@@ -177,7 +169,7 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     console.print(f"[dim]loading prior {recipe.prior.model}[/]")
     prior = load_prior(recipe.prior)
     particles = NeRFParticles(recipe, prior, prompt, generator)
-    distiller = build_distiller(recipe, prior)
+    distiller = build_distiller(recipe.guidance, recipe, prior)
     cfg = recipe.nerf
     settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
     done = optimise(stage, particles, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),

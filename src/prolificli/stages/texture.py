@@ -27,8 +27,8 @@ from ..prior import load_prior
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
-from .common import LoopSettings, Prompter, _prefixed, clear_stage, optimise, refuse_existing, resume_checkpoint
-from .geometry import build_distiller
+from .common import (LoopSettings, Prompter, _prefixed, build_distiller, clear_stage, optimise, refuse_existing,
+                     resume_checkpoint)
 from .mesh_preview import preview_grid
 
 STAGE = "texture"

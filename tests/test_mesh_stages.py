@@ -109,7 +109,6 @@ def test_rendered_baked_texture_reproduces_the_colour_field():
     from prolificli.config import MeshRenderConfig
     from prolificli.mesh.export import bake_texture, unwrap
     from prolificli.mesh.mesh import Mesh
-    from prolificli.render import raster
     from prolificli.render.mesh import render_mesh, sample_texture
 
     sphere = trimesh.creation.icosphere(3, 0.4)
@@ -123,8 +122,28 @@ def test_rendered_baked_texture_reproduces_the_colour_field():
     cameras = orbit_cameras(2, 20, 1.3, 50)
     textured = Mesh(uv_mesh.vertices, uv_mesh.faces)
     out = render_mesh(textured, cameras, 48, MeshRenderConfig(backend="torch", antialias=False))
-    rendered = sample_texture(raster.interpolate(uv_mesh.uvs, uv_mesh.faces, out.rast), texture)
+    rendered = sample_texture(out.interpolate(uv_mesh.uvs, uv_mesh.faces), texture)
     expected = color_fn(out.position)
     inside = out.mask & torch.nn.functional.max_pool2d((~out.mask).float()[:, None], 3, 1, 1)[:, 0].eq(0)
     error = (rendered - expected)[inside].abs()
     assert inside.sum() > 500 and error.mean() < 0.02 and error.max() < 0.1
+
+
+def test_a_surface_that_vanishes_fails_the_stage_with_one_line_and_exit_code_1(extracted_run, monkeypatch):
+    from prolificli.mesh.dmtet import DMTet
+    from prolificli.mesh.mesh import Mesh
+
+    real_mesh = DMTet.mesh
+    calls = []
+
+    def vanishing(self):
+        calls.append(1)
+        mesh = real_mesh(self)
+        return mesh if len(calls) < 3 else Mesh(mesh.vertices[:0], mesh.faces[:0])
+
+    monkeypatch.setattr(DMTet, "mesh", vanishing)
+    result = invoke("geometry", extracted_run)
+    assert result.exit_code == 1, (result.exit_code, result.stderr, result.exception)
+    assert "Traceback" not in result.stderr and "vanished" in result.stderr
+    manifest = json.loads((extracted_run / "geometry" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "vanished" in manifest["error"]

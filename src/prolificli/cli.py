@@ -102,7 +102,7 @@ def nerf(
     """
     from .artifacts import slugify
     from .config import build_recipe
-    from .optimize import Interrupted
+    from .optimize import Interrupted, OptimisationFailed
     from .stages import nerf as nerf_stage
 
     flags = {"--recipe": recipe, "--set": overrides or None, "--method": method, "--particles": particles,
@@ -132,6 +132,8 @@ def nerf(
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
                          f"prolific nerf --resume {where}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OptimisationFailed as exc:
+            fail(f"{exc}; the last checkpoint is kept in {run_dir.resolve() / 'nerf'}", EXIT_FAILED)
     except user_errors() as exc:
         fail(str(exc))
     if as_json:
@@ -233,7 +235,7 @@ def optimisation_stage(name: str, run: Optional[Path], recipe: Optional[str], ov
     import importlib
 
     from .mesh.mesh import MeshError
-    from .optimize import Interrupted
+    from .optimize import Interrupted, OptimisationFailed
 
     module = importlib.import_module(f".stages.{name}", __package__)
     run = run_dir_argument(run)
@@ -254,6 +256,8 @@ def optimisation_stage(name: str, run: Optional[Path], recipe: Optional[str], ov
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
                          f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OptimisationFailed as exc:
+            fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
     except user_errors() + (MeshError,) as exc:
         fail(str(exc))
     if as_json:

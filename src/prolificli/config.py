@@ -171,7 +171,7 @@ class ExtractConfig:
 
 @dataclass
 class MeshRenderConfig:
-    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"  # auto = torch; nvdiffrast: not implemented yet
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"  # auto = torch until the nvdiffrast adapter is verified on a GPU
     antialias: bool = True
 
 

@@ -83,6 +83,11 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
             **out.logs, **reg_logs}
 
 
+class OptimisationFailed(Exception):
+    """The optimisation itself broke (a non-finite loss, a surface that vanished): not bad input.
+    The stage is marked failed; its last checkpoint stays on disk."""
+
+
 class Interrupted(Exception):
     """Ctrl-C during the loop; the checkpoint for `step` has been written."""
 
@@ -159,7 +164,7 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
             logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
             rate_window = (rate_window + [seconds])[-20:]
             if not math.isfinite(logs.get("loss", 0.0)):
-                raise FloatingPointError(f"loss became {logs['loss']} at step {done}")
+                raise OptimisationFailed(f"the loss became {logs['loss']} at step {done}")
             if done % log_every == 0 or done == steps:
                 hooks.log_metrics(done, logs)
             if done % checkpoint_every == 0 and done < steps:

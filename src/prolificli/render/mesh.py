@@ -1,21 +1,54 @@
 """Render a triangle mesh: opacity, normals, positions and any per-point colour, antialiased.
 
-The pure-PyTorch rasterizer (`raster.py`) is the only backend so far; `auto` selects it. An
-nvdiffrast adapter (the same three operations on the GPU) is planned, not written.
+Two rasterizers sit behind `render_mesh`: the pure-PyTorch one (`raster.py`, runs anywhere,
+tested everywhere) and nvdiffrast (`nvdiffrast_backend.py`, CUDA only, imported lazily when
+chosen). A `MeshRender` keeps its backend's rasterization so that `interpolate` and
+`antialias` afterwards go through the same backend.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..config import ConfigError, MeshRenderConfig
+from ..config import MeshRenderConfig
 from ..mesh.mesh import Mesh
 from . import raster
+
+
+class Rasterization(Protocol):
+    """What a backend hands back: per-pixel triangle ids, and the two operations that need them."""
+
+    face_id: Tensor  # [B,H,W] long, -1 on background
+    depth: Tensor  # [B,H,W] along the view axis, differentiable
+
+    def interpolate(self, values: Tensor, faces: Tensor) -> Tensor: ...
+    def antialias(self, image: Tensor) -> Tensor: ...
+
+
+@dataclass
+class TorchRasterization:
+    rast: raster.Rasterized
+    faces: Tensor
+    neighbors: Tensor
+
+    @property
+    def face_id(self) -> Tensor:
+        return self.rast.face_id
+
+    @property
+    def depth(self) -> Tensor:
+        return self.rast.depth
+
+    def interpolate(self, values: Tensor, faces: Tensor) -> Tensor:
+        return raster.interpolate(values, faces, self.rast)
+
+    def antialias(self, image: Tensor) -> Tensor:
+        return raster.antialias(image, self.rast, self.faces, self.neighbors)
 
 
 @dataclass
@@ -25,26 +58,49 @@ class MeshRender:
     position: Tensor  # [B,H,W,3] world-space surface points (zero on background)
     depth: Tensor  # [B,H,W,1] along the view axis
     mask: Tensor  # [B,H,W] bool, pixel centre on the surface
-    rast: raster.Rasterized
+    raster: Rasterization
+    faces: Tensor
+    antialiased: bool
 
-    def composite(self, color: Tensor, background: Tensor, mesh: Mesh, cfg: MeshRenderConfig) -> Tensor:
+    def interpolate(self, values: Tensor, faces: Tensor | None = None) -> Tensor:
+        """Per-vertex values [N,C] at every pixel [B,H,W,C]. `faces` may index another vertex
+        array with the same faces in the same order (a UV-unwrapped copy of the mesh)."""
+        return self.raster.interpolate(values, self.faces if faces is None else faces)
+
+    def composite(self, color: Tensor, background: Tensor) -> Tensor:
         """color [B,H,W,3] on the surface over background [B,H,W,3], silhouettes antialiased."""
         hard = torch.where(self.mask[..., None], color, background)
-        return raster.antialias(hard, self.rast, mesh.faces, mesh.face_neighbors()) if cfg.antialias else hard
+        return self.raster.antialias(hard) if self.antialiased else hard
+
+
+def _use_nvdiffrast(cfg: MeshRenderConfig, device: torch.device) -> bool:
+    from . import nvdiffrast_backend
+
+    if cfg.backend == "nvdiffrast":
+        nvdiffrast_backend.require(device)  # a clear ConfigError, never a silent swap
+        return True
+    # auto keeps the verified torch path until the adapter has been checked on hardware
+    return False
+
+
+def rasterize(mesh: Mesh, cameras: Cameras, resolution: int, cfg: MeshRenderConfig) -> Rasterization:
+    if cfg.backend != "torch" and _use_nvdiffrast(cfg, mesh.vertices.device):
+        from .nvdiffrast_backend import rasterize as nvdiffrast_rasterize
+
+        return nvdiffrast_rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
+    rast = raster.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
+    return TorchRasterization(rast, mesh.faces, mesh.face_neighbors())
 
 
 def render_mesh(mesh: Mesh, cameras: Cameras, resolution: int, cfg: MeshRenderConfig) -> MeshRender:
-    if cfg.backend == "nvdiffrast":
-        # not silently replaced by the torch path: the user asked for something we do not have yet
-        raise ConfigError("the nvdiffrast mesh backend is not implemented yet; use render.backend: torch (or auto)")
-    rast = raster.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
-    mask = rast.mask
+    rast = rasterize(mesh, cameras, resolution, cfg)
+    mask = rast.face_id >= 0
     coverage = mask[..., None].to(mesh.vertices.dtype)
-    opacity = raster.antialias(coverage, rast, mesh.faces, mesh.face_neighbors()) if cfg.antialias else coverage
-    normals = raster.interpolate(mesh.vertex_normals(), mesh.faces, rast)
+    opacity = rast.antialias(coverage) if cfg.antialias else coverage
+    normals = rast.interpolate(mesh.vertex_normals(), mesh.faces)
     normals = torch.nn.functional.normalize(normals, dim=-1) * mask[..., None]
-    position = raster.interpolate(mesh.vertices, mesh.faces, rast)
-    return MeshRender(opacity, normals, position, rast.depth[..., None], mask, rast)
+    position = rast.interpolate(mesh.vertices, mesh.faces)
+    return MeshRender(opacity, normals, position, rast.depth[..., None], mask, rast, mesh.faces, cfg.antialias)
 
 
 def surface_colors(render: MeshRender, color_fn: Callable[[Tensor], Tensor]) -> Tensor:

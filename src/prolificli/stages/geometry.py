@@ -21,7 +21,7 @@ from ..config import Recipe, from_dict, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
-from ..optimize import Rendered, View
+from ..optimize import OptimisationFailed, Rendered, View
 from ..prior import load_prior
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
@@ -51,8 +51,8 @@ class GeometryProblem:
     def render(self, particle: int, view: View, step: int) -> Rendered:
         self.mesh = self.dmtet.mesh()
         if len(self.mesh.faces) == 0:
-            raise ArtifactError(f"the surface vanished at step {step} (every SDF value is positive); "
-                                "lower geometry.lr or raise the regulariser weights")
+            raise OptimisationFailed(f"the surface vanished at step {step} (every SDF value is positive); "
+                                     "lower geometry.lr or raise the regulariser weights")
         out = render_mesh(self.mesh, view.cameras, view.resolution, self.cfg.render)
         if self.cfg.shading == "normal":
             color = normal_image(out, view.cameras)
@@ -63,7 +63,7 @@ class GeometryProblem:
                 color = color.index_put((hit,), albedo_across_surface(
                     self.albedo_field, out.position[hit], out.normal[hit], self.half_width))
         white = torch.ones_like(color)
-        image = out.composite(color, white, self.mesh, self.cfg.render)
+        image = out.composite(color, white)
         return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:

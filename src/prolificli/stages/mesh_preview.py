@@ -11,7 +11,6 @@ from torch import Tensor
 from ..cameras import orbit_cameras
 from ..config import MeshRenderConfig, Recipe
 from ..mesh.mesh import Mesh
-from ..render import raster
 from ..render.mesh import normal_image, render_mesh, surface_colors
 
 
@@ -28,10 +27,10 @@ def preview_grid(mesh: Mesh, recipe: Recipe, *, resolution: int = 128, views: in
     if color_fn is not None:
         color = surface_colors(out, color_fn)
     elif mesh.colors is not None:
-        color = raster.interpolate(mesh.colors, mesh.faces, out.rast)
+        color = out.interpolate(mesh.colors)
     else:  # grey, lit from the camera
         view = -torch.nn.functional.normalize(out.position - cameras.c2w[:, None, None, :3, 3], dim=-1)
         color = (0.2 + 0.7 * (out.normal * view).sum(-1, keepdim=True).clamp(min=0)).expand(-1, -1, -1, 3)
-    rows = [out.composite(color, white, mesh, cfg), out.composite(normal_image(out, cameras), white, mesh, cfg)]
+    rows = [out.composite(color, white), out.composite(normal_image(out, cameras), white)]
     grid = torch.cat([torch.cat(list(row.clamp(0, 1)), dim=1) for row in rows], dim=0)
     return (grid.cpu().numpy() * 255).round().astype(np.uint8)

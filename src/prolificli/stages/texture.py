@@ -63,7 +63,7 @@ class TextureProblem:
         if float(torch.rand((), generator=self.generator)) < self.cfg.background.random_color_prob:
             solid = torch.rand(len(cameras), 3, generator=self.generator).to(background.device)
             background = solid[:, None, None, :].expand_as(background)
-        image = out.composite(color, background, self.mesh, self.cfg.render)
+        image = out.composite(color, background)
         return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:

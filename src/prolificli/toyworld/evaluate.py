@@ -89,15 +89,14 @@ def evaluate_textured_mesh(vertices: Tensor, faces: Tensor, uvs: Tensor, texture
     silhouette IoU against the true object. texture: [T,T,3] float in [0,1], row 0 = v 1."""
     from ..config import MeshRenderConfig
     from ..mesh.mesh import Mesh
-    from ..render import raster
     from ..render.mesh import render_mesh, sample_texture
 
     cameras = evaluation_cameras(recipe, views)
     mesh = Mesh(vertices, faces)
     cfg = MeshRenderConfig(backend="torch")
     out = render_mesh(mesh, cameras, resolution, cfg)
-    color = sample_texture(raster.interpolate(uvs, faces, out.rast), texture)
-    image = out.composite(color, torch.ones_like(color), mesh, cfg)
+    color = sample_texture(out.interpolate(uvs), texture)
+    image = out.composite(color, torch.ones_like(color))
     images = image.permute(0, 3, 1, 2).clamp(0, 1)
     accuracy = scorer.matches(images, prompt).float().mean().item()
     shapes, _ = scorer.classify(images)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..artifacts import RunDir, load_checkpoint
 from ..cameras import sample_cameras
 from ..config import Recipe, from_dict, to_dict
 from ..mesh.dmtet import DMTet

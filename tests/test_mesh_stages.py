@@ -147,3 +147,38 @@ def test_a_surface_that_vanishes_fails_the_stage_with_one_line_and_exit_code_1(e
     assert "Traceback" not in result.stderr and "vanished" in result.stderr
     manifest = json.loads((extracted_run / "geometry" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "vanished" in manifest["error"]
+
+
+def test_lambert_shading_divides_the_nerfs_baked_light_out_and_puts_it_back_by_the_normals():
+    """A field whose colour is one albedo lit by Lambert's law (what the toy NeRFs learn): the
+    unshaded colours are that albedo, and shading another tessellation of the sphere by its own
+    normals reproduces the field."""
+    import torch
+
+    from prolificli.config import build_recipe
+    from prolificli.mesh.dmtet import DMTet
+    from prolificli.mesh.tets import TetGrid
+    from prolificli.stages.geometry import GeometryProblem
+
+    recipe = build_recipe(TINY_RECIPE, ["geometry.shading=lambert"])
+    light = torch.tensor(recipe.geometry.light_direction)
+    light = light / light.norm()
+    albedo = torch.tensor([0.2, 0.5, 0.9])
+
+    def lit_sphere(x):
+        density = 200 * torch.sigmoid((0.35 - x.norm(dim=-1)) / 0.01)
+        shade = recipe.geometry.ambient + (1 - recipe.geometry.ambient) * (
+            torch.nn.functional.normalize(x, dim=-1) @ light).clamp(min=0)
+        return density, albedo * shade[:, None]
+
+    grid = TetGrid.cube(24, 0.5)
+    dmtet = DMTet(grid, grid.vertices().norm(dim=-1) - 0.35)
+    problem = GeometryProblem(recipe, dmtet, lit_sphere, prompter=None, generator=torch.Generator())
+    error = (problem.base_colors - albedo).abs()
+    assert error.mean() < 0.01
+    # another surface (a finer tessellation): its own normals light the looked-up albedo
+    finer = TetGrid.cube(40, 0.5)
+    mesh = DMTet(finer, finer.vertices().norm(dim=-1) - 0.35).mesh().detach()
+    reshaded = problem._base_color(mesh.vertices) * problem.shade(mesh.vertex_normals())
+    _, expected = lit_sphere(mesh.vertices)
+    assert (reshaded - expected).abs().mean() < 0.01

@@ -187,10 +187,13 @@ class GeometryStageConfig:
     batch_size: int = 1
     resolution: int = 512
     lr: float = 0.005  # SDF values and vertex deformations (Adam)
-    # what the prior sees: "normal", camera-space normals as colours (the paper, after Fantasia3D),
-    # or "albedo", the NeRF's colour at the surface (for priors that never saw a normal map,
-    # like the toy world's)
-    shading: Literal["normal", "albedo"] = "normal"
+    # what the prior sees: "normal", camera-space normals as colours (the paper, after Fantasia3D);
+    # "lambert", the surface lit by `light_direction` + `ambient` with the NeRF's colours unshaded
+    # under that light (for a prior trained on such images, like the toy world's); or "albedo",
+    # the NeRF's colour at the surface as is (the prior then judges only the silhouette)
+    shading: Literal["normal", "lambert", "albedo"] = "normal"
+    light_direction: tuple[float, float, float] = (0.45, 0.3, 0.84)  # world space, towards the light
+    ambient: float = 0.35
     lambda_normal_consistency: float = 10000.0
     lambda_laplacian: float = 10000.0
     guidance: GuidanceConfig = _field(default_factory=_sds_guidance)

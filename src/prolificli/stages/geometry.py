@@ -32,7 +32,7 @@ STAGE = "geometry"
 
 
 class GeometryProblem:
-    """One DMTet surface; the prior sees its normal map (or the NeRF's albedo on it)."""
+    """One DMTet surface; the prior sees its normal map, or it lit by a fixed light (`shading`)."""
 
     n_particles = 1
 
@@ -43,6 +43,29 @@ class GeometryProblem:
         self.optimizers = [torch.optim.Adam(self.dmtet.parameters(), lr=self.cfg.lr)]
         self.mesh: Mesh | None = None
         self.half_width = 4 * dmtet.grid.cell  # how deep the NeRF's colour is read across the surface
+        light = torch.tensor(self.cfg.light_direction, dtype=torch.float32, device=dmtet.sdf.device)
+        self.light = light / light.norm()
+        if self.cfg.shading == "lambert":
+            self.base_points, self.base_colors = self._unshaded_colors()
+
+    def shade(self, normals: torch.Tensor) -> torch.Tensor:
+        """Lambert's law plus ambient: [N,3] unit normals -> [N,1] brightness."""
+        return self.cfg.ambient + (1 - self.cfg.ambient) * (normals @ self.light).clamp(min=0)[:, None]
+
+    @torch.no_grad()
+    def _unshaded_colors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The NeRF bakes its lighting into its colour. Divide it out once, on the starting surface,
+        so that while the surface moves only its normals change the shading the prior sees (reading
+        it again at every step would hand the prior the old lighting whatever the normals do)."""
+        start = self.dmtet.mesh().detach()
+        normals = start.vertex_normals()
+        seen = albedo_across_surface(self.albedo_field, start.vertices, normals, self.half_width)
+        return start.vertices, (seen / self.shade(normals)).clamp(0, 1)
+
+    def _base_color(self, points: torch.Tensor) -> torch.Tensor:
+        """The unshaded colour of the nearest starting-surface vertex (the surface moves < 2 cells)."""
+        nearest = torch.cat([torch.cdist(chunk, self.base_points).argmin(1) for chunk in points.detach().split(4096)])
+        return self.base_colors[nearest]
 
     def sample_view(self, step: int) -> View:
         cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
@@ -54,14 +77,18 @@ class GeometryProblem:
             raise OptimisationFailed(f"the surface vanished at step {step} (every SDF value is positive); "
                                      "lower geometry.lr or raise the regulariser weights")
         out = render_mesh(self.mesh, view.cameras, view.resolution, self.cfg.render)
+        hit = out.mask
         if self.cfg.shading == "normal":
             color = normal_image(out, view.cameras)
-        else:
+        elif not hit.any():
             color = out.position.new_zeros(out.position.shape)
-            hit = out.mask
-            if hit.any():
-                color = color.index_put((hit,), albedo_across_surface(
-                    self.albedo_field, out.position[hit], out.normal[hit], self.half_width))
+        elif self.cfg.shading == "lambert":
+            points, normals = out.position[hit], out.normal[hit]
+            color = out.position.new_zeros(out.position.shape).index_put(
+                (hit,), self._base_color(points) * self.shade(normals))
+        else:
+            color = out.position.new_zeros(out.position.shape).index_put((hit,), albedo_across_surface(
+                self.albedo_field, out.position[hit], out.normal[hit], self.half_width))
         white = torch.ones_like(color)
         image = out.composite(color, white)
         return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})

@@ -149,3 +149,20 @@ def test_dmtet_round_trips_through_its_tensors_and_deforms_within_half_a_cell():
     # gradients reach both parameter sets through the extracted mesh
     dmtet.mesh().vertices.sum().backward()
     assert dmtet.sdf.grad.abs().sum() > 0 and dmtet.deformation.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("resolution", [128, 256])
+def test_dmtet_at_the_papers_resolutions_extracts_a_fine_watertight_sphere(resolution):
+    # only the cells the surface crosses are ever split into tetrahedra: 256^3 (100M tets) fits
+    from prolificli.mesh.dmtet import DMTet
+    from prolificli.mesh.tets import TetGrid
+
+    grid = TetGrid.cube(resolution, 0.5)
+    radius = 0.37
+    mesh = DMTet(grid, grid.vertices().norm(dim=-1) - radius).mesh()
+    tri = as_trimesh(mesh.vertices, mesh.faces)
+    assert tri.is_watertight and tri.euler_number == 2
+    distance = mesh.vertices.norm(dim=-1)
+    assert (distance - radius).abs().max().item() < 0.05 * grid.cell  # linear interpolation: O(cell^2 / radius)
+    assert tri.volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=5 / resolution ** 2 + 1e-4)
+    assert len(mesh.faces) > resolution ** 2  # the level set is resolved at that scale

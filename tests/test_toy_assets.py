@@ -74,3 +74,12 @@ def test_toy_recipe_end_to_end(tmp_path):
                                       "--set", "nerf.preview_every=3"])
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert (out / "nerf" / "previews" / "latest.png").is_file()
+
+
+def test_the_toy_recipes_geometry_light_is_the_toy_worlds():
+    from prolificli.config import build_recipe
+    from prolificli.toyworld.shapes import AMBIENT, LIGHT_DIRECTION
+
+    recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml"))
+    assert recipe.geometry.shading == "lambert"
+    assert tuple(recipe.geometry.light_direction) == LIGHT_DIRECTION and recipe.geometry.ambient == AMBIENT

@@ -313,6 +313,45 @@ def texture(
                        mesh_path=mesh, prompt=prompt)
 
 
+@app.command()
+def render(
+    run: Optional[Path] = RUN_ARGUMENT,
+    stage: Optional[str] = typer.Option(None, "--stage", help="nerf, extract, geometry or texture "
+                                                            "(default: the latest complete stage)."),
+    particle: int = typer.Option(0, "--particle", "-p", min=0, help="Which NeRF particle (nerf stage)."),
+    frames: int = typer.Option(120, "--frames", min=1, help="Views around the object (the paper's test set: 120)."),
+    resolution: int = typer.Option(256, "--resolution", min=8, help="Pixels per side (small ones render fast on CPU)."),
+    elevation: float = typer.Option(15.0, "--elevation", help="Camera elevation in degrees."),
+    distance: Optional[float] = typer.Option(None, "--distance", min=0.0, help="Camera distance "
+                                                                           "(default: the recipe's evaluation one)."),
+    fovy: Optional[float] = typer.Option(None, "--fovy", min=1.0, max=179.0, help="Vertical field of view in degrees "
+                                                                              "(default: the recipe's)."),
+    fps: int = typer.Option(30, "--fps", min=1, help="Frames per second of the MP4 and GIF."),
+    save_frames: bool = typer.Option(False, "--save-frames", help="Also write every rgb frame as a PNG."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Render a stage's artifact along a turntable orbit: MP4, GIF and a contact sheet.
+
+    Writes RUN/render/STAGE/ (turntable.mp4, turntable.gif, sheet.png with rows rgb | normal | depth |
+    opacity, render.json; frames/ with --save-frames) and prints that directory.
+    """
+    from .mesh.mesh import MeshError
+    from .stages import render as render_stage
+
+    run = run_dir_argument(run)
+    settings = render_stage.RenderSettings(stage, particle, frames, resolution, elevation, distance, fovy, fps,
+                                           save_frames)
+    try:
+        result = render_stage.run(run, settings, console=stderr)
+    except user_errors() + (MeshError,) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"out_dir": str(result.out_dir), "stage": result.stage, "files": result.files,
+                          "seconds": round(result.seconds, 2)}))
+    else:
+        print(result.out_dir)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,192 @@
+"""Render any stage's artifact of a run from given cameras: rgb, normals, depth, opacity.
+
+    nerf      a NeRF particle, volume-rendered over its own background
+    extract   the extracted mesh, with the NeRF's colours it carries as vertex colours
+    geometry  the refined mesh, likewise
+    texture   the exported, textured GLB: what a user takes away from the run
+
+Meshes are shown on white. Normals are camera-space, as colours (n + 1) / 2; a NeRF's come from
+its depth map, a mesh's from its vertex normals. Depth is the distance along the view axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..cameras import Cameras
+from ..config import MeshRenderConfig
+from ..mesh.mesh import Mesh
+
+STAGES = ("nerf", "extract", "geometry", "texture")
+
+
+@dataclass
+class Frames:
+    rgb: Tensor  # [N,H,W,3] in [0,1]
+    normal: Tensor  # [N,H,W,3] camera-space normals as colours, white where nothing is hit
+    depth: Tensor  # [N,H,W,1] along the view axis, 0 where nothing is hit
+    opacity: Tensor  # [N,H,W,1]
+
+    def __len__(self) -> int:
+        return self.rgb.shape[0]
+
+
+def complete_stages(run: RunDir) -> list[str]:
+    return [name for name in STAGES if (run.stage(name).manifest or {}).get("status") == "complete"]
+
+
+def latest_stage(run: RunDir) -> str:
+    done = complete_stages(run)
+    if not done:
+        raise ArtifactError(f"{run.path} has no complete stage to render; run `prolific nerf` first")
+    return done[-1]
+
+
+def _camera_normals(world_normals: Tensor, cameras: Cameras) -> Tensor:
+    return torch.einsum("bji,bhwj->bhwi", cameras.c2w[:, :3, :3], world_normals)
+
+
+def _view_axis(cameras: Cameras) -> Tensor:
+    return -cameras.c2w[:, :3, 2]  # [B,3]: cameras look along their -z
+
+
+def normals_from_depth(points: Tensor, mask: Tensor) -> Tensor:
+    """World normals [B,H,W,3] of surface points [B,H,W,3] by central differences across the image,
+    turned towards the camera by the caller; zero where a neighbour is missing."""
+    dx = torch.zeros_like(points)
+    dy = torch.zeros_like(points)
+    dx[:, :, 1:-1] = points[:, :, 2:] - points[:, :, :-2]
+    dy[:, 1:-1] = points[:, 2:] - points[:, :-2]
+    normal = torch.nn.functional.normalize(torch.linalg.cross(dy, dx), dim=-1)
+    valid = mask.clone()
+    valid[:, :, 1:-1] &= mask[:, :, 2:] & mask[:, :, :-2]
+    valid[:, 1:-1] &= mask[:, 2:] & mask[:, :-2]
+    valid[:, [0, -1]] = False
+    valid[:, :, [0, -1]] = False
+    return normal * valid[..., None]
+
+
+@torch.no_grad()
+def render_nerf(field, background, recipe, cameras: Cameras, resolution: int, chunk: int = 4) -> Frames:
+    from ..render.volume import render
+
+    parts = []
+    for start in range(0, len(cameras), chunk):
+        cams = cameras[start : start + chunk]
+        out = render(field, background, cams, resolution, resolution, recipe.nerf.render, stratified=False)
+        origins, directions = cams.rays(resolution, resolution)
+        opaque = out.opacity[..., 0] > 0.5
+        distance = out.depth / out.opacity.clamp(min=1e-6)  # expected distance of the surface along the ray
+        points = origins + distance * directions
+        normal = normals_from_depth(points, opaque)
+        facing = (normal * directions).sum(-1, keepdim=True)
+        normal = torch.where(facing > 0, -normal, normal)  # towards the camera
+        colour = torch.where(opaque[..., None] & (normal.norm(dim=-1, keepdim=True) > 0),
+                             (_camera_normals(normal, cams) + 1) / 2, torch.ones_like(normal))
+        depth = distance * (directions * _view_axis(cams)[:, None, None, :]).sum(-1, keepdim=True)
+        parts.append(Frames(out.rgb.clamp(0, 1), colour, depth * opaque[..., None], out.opacity))
+    return _concat(parts)
+
+
+@torch.no_grad()
+def render_mesh_frames(mesh: Mesh, cameras: Cameras, resolution: int, *, uvs: Tensor | None = None,
+                       uv_faces: Tensor | None = None, texture: Tensor | None = None, chunk: int = 8) -> Frames:
+    from ..render.mesh import normal_image, render_mesh, sample_texture
+
+    cfg = MeshRenderConfig(backend="torch")
+    parts = []
+    for start in range(0, len(cameras), chunk):
+        cams = cameras[start : start + chunk]
+        out = render_mesh(mesh, cams, resolution, cfg)
+        white = torch.ones_like(out.position)
+        if texture is not None:
+            color = sample_texture(out.interpolate(uvs, uv_faces), texture)
+        elif mesh.colors is not None:
+            color = out.interpolate(mesh.colors)
+        else:
+            color = torch.full_like(out.position, 0.7)
+        rgb = out.composite(color, white).clamp(0, 1)
+        normal = out.composite(normal_image(out, cams), white)
+        parts.append(Frames(rgb, normal, out.depth * out.mask[..., None], out.opacity))
+    return _concat(parts)
+
+
+def _concat(parts: list[Frames]) -> Frames:
+    return Frames(*(torch.cat([getattr(p, name) for p in parts]) for name in ("rgb", "normal", "depth", "opacity")))
+
+
+def load_textured_glb(path: Path) -> tuple[Mesh, Tensor, Tensor]:
+    """The texture stage's GLB back in the run's frame (z up): mesh, uvs [N,2], texture [T,T,3] in [0,1]."""
+    import trimesh
+
+    glb = trimesh.load(path, force="mesh", process=False)
+    v = np.asarray(glb.vertices)
+    vertices = np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)  # glTF's y up back to our z up
+    image = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
+    mesh = Mesh(torch.tensor(vertices, dtype=torch.float32), torch.tensor(np.asarray(glb.faces)))
+    return mesh, torch.tensor(np.asarray(glb.visual.uv), dtype=torch.float32), torch.tensor(image)
+
+
+def stage_mesh(run: RunDir, stage: str) -> Mesh:
+    """The surface a mesh stage holds, in the run's frame, with vertex colours where it has them."""
+    import trimesh
+
+    if stage in ("extract", "geometry"):
+        ply = trimesh.load(run.stage(stage).path / "mesh.ply", process=False)
+        colors = getattr(ply.visual, "vertex_colors", None)
+        colors = torch.tensor(np.asarray(colors)[:, :3] / 255, dtype=torch.float32) if colors is not None else None
+        return Mesh(torch.tensor(np.asarray(ply.vertices), dtype=torch.float32), torch.tensor(np.asarray(ply.faces)),
+                    colors)
+    if stage == "texture":
+        mesh, _, _ = load_textured_glb(run.stage("texture").path / "model.glb")
+        return _in_object_box(run, mesh)
+    raise ValueError(stage)
+
+
+def _in_object_box(run: RunDir, mesh: Mesh) -> Mesh:
+    """A texture stage that painted an external mesh exported it in that mesh's own coordinates;
+    the stage's cameras saw it centred and scaled into the object box, and so do ours."""
+    from ..stages.texture import fit_to_object_box
+
+    source = load_checkpoint(run.stage("texture").checkpoint_dir).extra.get("mesh")
+    if source in ("geometry", "extract"):
+        return mesh
+    fitted, _, _ = fit_to_object_box(Mesh(mesh.vertices, mesh.faces))
+    return Mesh(fitted.vertices, mesh.faces, mesh.colors)
+
+
+def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
+    """Load a stage's artifact once; the returned function renders it from any cameras."""
+    run.stage(stage).require_complete(stage)
+    if stage == "nerf":
+        from ..stages.nerf import load_particles
+
+        recipe, particles = load_particles(run.path)
+        if not 0 <= particle < len(particles):
+            raise ArtifactError(f"--particle {particle} is out of range: the run has {len(particles)} particle(s)")
+        field, background = particles[particle]
+        return lambda cameras, resolution: render_nerf(field, background, recipe, cameras, resolution)
+    if stage == "texture":
+        mesh, uvs, texture = load_textured_glb(run.stage("texture").path / "model.glb")
+        mesh = _in_object_box(run, mesh)
+        return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution, uvs=uvs,
+                                                              uv_faces=mesh.faces, texture=texture)
+    mesh = stage_mesh(run, stage)
+    return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution)
+
+
+def render_all(render: Callable[[Cameras, int], Frames], cameras: Cameras, resolution: int, *, batch: int = 8,
+               advance: Callable[[int], None] | None = None) -> Frames:
+    parts = []
+    for start in range(0, len(cameras), batch):
+        parts.append(render(cameras[start : start + batch], resolution))
+        if advance is not None:
+            advance(len(parts[-1]))
+    return _concat(parts)

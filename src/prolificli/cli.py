@@ -352,6 +352,49 @@ def render(
         print(result.out_dir)
 
 
+@app.command("eval")
+def eval_command(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories to measure side by side."),
+    clip: bool = typer.Option(False, "--clip", help="CLIP similarity to the prompt over --views views at 15 degrees "
+                                                   "(and R-precision when the runs have several prompts)."),
+    fid: bool = typer.Option(False, "--fid", help="3D-FID: views at 30 degrees against the run's own prior's "
+                                                 "samples for the prompt (Inception-v3; cached samples)."),
+    geometry: bool = typer.Option(False, "--geometry", help="Toy world: Chamfer distance and volume IoU against "
+                                                           "the true object."),
+    clip_model: str = typer.Option("openai/clip-vit-base-patch16", "--clip-model",
+                                   help="CLIP hub id or local directory, or 'toy' for the toy world's scorer."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Stage to measure (default: each run's latest)."),
+    particle: int = typer.Option(0, "--particle", "-p", min=0, help="Which NeRF particle."),
+    views: int = typer.Option(120, "--views", min=1, help="Views for the CLIP score."),
+    resolution: int = typer.Option(256, "--resolution", min=8, help="Render size of every view."),
+    fid_views: int = typer.Option(120, "--fid-views", min=1, help="Rendered views for FID."),
+    fid_samples: int = typer.Option(120, "--fid-samples", min=1, help="Prior samples for FID."),
+    sample_steps: int = typer.Option(50, "--sample-steps", min=1, help="DDIM steps per prior sample."),
+    report: Path = typer.Option(Path("eval-report.html"), "--report", help="Where to write the HTML report."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Measure runs side by side: a table on stdout, RUN/eval/metrics.json per run, an HTML report.
+
+    Example (toy world, offline): prolific eval runs/a-red-cube runs/a-red-cube-sds --clip --fid --geometry
+    --clip-model toy --resolution 64
+    """
+    from .mesh.mesh import MeshError
+    from .stages import evaluate as evaluate_stage
+
+    settings = evaluate_stage.EvalSettings(clip, fid, geometry, clip_model, stage, particle, views, resolution,
+                                           fid_views, fid_samples, sample_steps)
+    quiet_libraries()
+    try:
+        rows, written = evaluate_stage.evaluate(runs, settings, console=stderr, report=report)
+    except user_errors() + (MeshError,) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        evaluate_stage.print_table(rows, Console() if sys.stdout.isatty() else Console(width=220))
+        stderr.print(f"report: {written}; per run: RUN/eval/metrics.json", highlight=False)
+
+
 def main() -> None:
     try:
         app()

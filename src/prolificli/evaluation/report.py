@@ -1,0 +1,88 @@
+"""One self-contained HTML page comparing runs: per run its turntable (an animated GIF), its
+numbers, and its loss curve from metrics.jsonl, all embedded as base64 so the file travels alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import write_bytes_atomic
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def loss_curve_png(metrics_path: Path, keys: tuple[str, ...] = ("loss",)) -> bytes | None:
+    """A small matplotlib plot of the logged curves (None when nothing was logged)."""
+    if not metrics_path.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if "step" in r]
+    if not any(k in r for r in records for k in keys):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2.4), dpi=100)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), label=key, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def gif_bytes(frames: np.ndarray, fps: int = 12) -> bytes:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    buffer = BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return buffer.getvalue()
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def write_report(path: Path, rows: list[dict], turntables: list[np.ndarray], curves: list[bytes | None],
+                 columns: list[str]) -> Path:
+    """rows: one dict per run (the table's columns); turntables: uint8 [N,H,W,3] frames per run."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row, frames, curve in zip(rows, turntables, curves):
+        cells = "".join(f"<td>{html.escape(format_value(row.get(c)))}</td>" for c in columns)
+        gif = f'<img class="turntable" src="{_data_uri(gif_bytes(frames), "image/gif")}" alt="turntable">'
+        plot = f'<img src="{_data_uri(curve, "image/png")}" alt="loss curve">' if curve else "<p>no curve logged</p>"
+        body.append(f'<section><h2>{html.escape(str(row["run"]))}</h2><div class="row">{gif}{plot}</div>'
+                    f"<table><tr>{head}</tr><tr>{cells}</tr></table></section>")
+    summary = "".join(f"<tr>{''.join(f'<td>{html.escape(format_value(r.get(c)))}</td>' for c in columns)}</tr>"
+                      for r in rows)
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>prolificli eval</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}} .row{{display:flex;gap:1em;align-items:center}}
+img.turntable{{width:192px;image-rendering:pixelated}}</style></head>
+<body><h1>prolificli eval</h1>
+<table><tr>{head}</tr>{summary}</table>
+{''.join(body)}
+</body></html>
+"""
+    write_bytes_atomic(path, page.encode())
+    return path

@@ -241,6 +241,7 @@ def test_eval_writes_metrics_a_table_and_a_self_contained_report(full_run, tiny_
         assert -1 <= row["clip"] <= 1 and 0 <= row["r_precision"] <= 1 and row["method"] == "vsd"
     metrics = json.loads((full_run / "eval" / "metrics.json").read_text())
     assert metrics["clip"] == pytest.approx(rows[0]["clip"]) and metrics["stage"] == "nerf"
+    Image.open(report.with_suffix(".png")).verify()  # the same comparison as a picture
     parser = _Images()
     parser.feed(report.read_text())
     assert len(parser.sources) == 4  # per run: a turntable and a loss curve
@@ -269,3 +270,14 @@ def test_toy_geometry_metrics_of_the_true_surface_are_perfect():
     assert volume_iou(truth, inside, lo, hi) > 0.95
     # two independent samplings of one surface: the metric's floor, well under the 5% gate
     assert 100 * chamfer_distance(truth, truth) / object_size("cube") < 1.5
+
+
+def test_eval_fid_runs_offline_and_says_why_there_is_no_clip_distance(full_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROLIFICLI_CACHE", str(tmp_path / "cache"))
+    result = ok(invoke("eval", full_run, "--stage", "nerf", "--fid", "--fid-views", "10", "--fid-samples", "10",
+                       "--sample-steps", "2", "--views", "2", "--resolution", "16", "--report", tmp_path / "r.html",
+                       "--json"))
+    row = json.loads(result.stdout)[0]
+    assert row["fid"] > 0 and row["fid_images"] == "10 vs 10" and "fd_clip" not in row
+    assert "no fd_clip" in " ".join(result.stderr.split())
+    assert len(list((tmp_path / "cache" / "prior-samples").glob("*.safetensors"))) == 1

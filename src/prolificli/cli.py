@@ -392,7 +392,8 @@ def eval_command(
         print(json.dumps(rows))
     else:
         evaluate_stage.print_table(rows, Console() if sys.stdout.isatty() else Console(width=220))
-        stderr.print(f"report: {written}; per run: RUN/eval/metrics.json", highlight=False)
+        stderr.print(f"report: {written} (and {written.with_suffix('.png').name}); per run: RUN/eval/metrics.json",
+                     highlight=False)
 
 
 def main() -> None:

@@ -86,3 +86,36 @@ img.turntable{{width:192px;image-rendering:pixelated}}</style></head>
 """
     write_bytes_atomic(path, page.encode())
     return path
+
+
+def write_report_png(path: Path, rows: list[dict], turntables: list[np.ndarray], columns: list[str],
+                     frames_per_row: int = 6) -> Path:
+    """The same comparison as one PNG: per run a strip of turntable frames and its numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in columns if c != "run" and any(r.get(c) is not None for r in rows)]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 1.3 * len(rows) + 0.3), dpi=100, squeeze=False,
+                             gridspec_kw={"width_ratios": [1.2, 1]})
+    for (strip_ax, text_ax), row, frames in zip(axes, rows, turntables):
+        pick = np.linspace(0, len(frames) - 1, min(frames_per_row, len(frames))).round().astype(int)
+        strip_ax.imshow(np.concatenate(list(frames[pick]), axis=1), interpolation="nearest")
+        strip_ax.set_axis_off()
+        strip_ax.set_title(str(row["run"]), fontsize=8, loc="left")
+        text = "   ".join(f"{c} {format_value(row.get(c))}" for c in shown)
+        text_ax.text(0, 0.5, "\n".join(_wrap(text, 70)), fontsize=7, va="center", family="monospace")
+        text_ax.set_axis_off()
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)

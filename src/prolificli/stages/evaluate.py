@@ -50,7 +50,7 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True)
 
 
-def describe(run: RunDir, stage: str) -> dict:
+def describe(run: RunDir, stage: str, label: str) -> dict:
     """What the run is, from its manifests: the columns before the metrics."""
     nerf = run.stage("nerf").manifest or {}
     config = nerf.get("config")
@@ -58,16 +58,22 @@ def describe(run: RunDir, stage: str) -> dict:
     guidance = recipe.guidance if recipe else None
     cfg = (guidance.cfg if guidance.cfg is not None else (100.0 if guidance.method == "sds" else 7.5)) if guidance else None
     manifest = run.stage(stage).manifest or {}
-    return {"run": run.path.name, "stage": stage, "method": guidance.method if guidance else None, "cfg": cfg,
+    return {"run": label, "stage": stage, "method": guidance.method if guidance else None, "cfg": cfg,
             "particles": recipe.nerf.particles if recipe else None, "steps": manifest.get("steps"),
             "seconds": round(float((manifest.get("timings") or {}).get("seconds") or 0.0), 1)}
+
+
+def _label(path: Path, all_paths: list[Path]) -> str:
+    """The run's directory name, with its parent's when two runs share a name (sds/x vs vsd/x)."""
+    same = sum(Path(p).resolve().name == path.resolve().name for p in all_paths)
+    return path.resolve().name if same == 1 else f"{path.resolve().parent.name}/{path.resolve().name}"
 
 
 def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | None = None,
              report: Path | None = None) -> tuple[list[dict], Path | None]:
     from ..evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
     from ..evaluation.geometry import geometry_metrics
-    from ..evaluation.report import loss_curve_png, write_report
+    from ..evaluation.report import loss_curve_png, write_report, write_report_png
     from ..prior import load_prior
 
     console = console or Console(stderr=True)
@@ -78,18 +84,23 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
     runs = [RunDir.open(path) for path in run_dirs]
     prompts = [run.info["prompt"] for run in runs]
     prompt_set = sorted(set(prompts))
-    clip = load_clip(settings.clip_model) if settings.clip or settings.fid else None
+    clip = load_clip(settings.clip_model) if settings.clip else None
+    if settings.fid and clip is None:  # CLIP only adds fd_clip to FID: use it where it loads
+        try:
+            clip = load_clip(settings.clip_model)
+        except ConfigError as exc:
+            console.print(f"[yellow]no fd_clip: {exc}[/]", highlight=False)
+    priors = {}  # each prior loaded once
     inception = InceptionFeatures() if settings.fid else None
     rows, turntables, curves = [], [], []
-    for run, prompt in zip(runs, prompts):
+    for path, run, prompt in zip(run_dirs, runs, prompts):
         tic = time.perf_counter()
         stage = settings.stage or latest_stage(run)
         render = renderer(run, stage, settings.particle)
-        nerf_manifest = run.stage("nerf").manifest
-        recipe = from_dict(nerf_manifest["config"]) if nerf_manifest else None
-        cam = recipe.camera if recipe else None
-        distance, fovy = (cam.eval_distance, cam.eval_fovy_deg) if cam else (2.0, 40.0)
-        row = describe(run, stage)
+        recipe = from_dict(run.stage(stage).manifest["config"])  # every stage records its whole recipe
+        cam = recipe.camera
+        distance, fovy = cam.eval_distance, cam.eval_fovy_deg
+        row = describe(run, stage, _label(Path(path), run_dirs))
         with _progress(console) as progress:
             views = orbit_cameras(settings.views, 15.0, distance, fovy)
             task = progress.add_task(f"{run.path.name}: {stage} views", total=len(views))
@@ -100,9 +111,6 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
                 if len(prompt_set) > 1:
                     row["r_precision"] = r_precision(clip.similarity(images, prompt_set), prompt_set.index(prompt))
             if settings.fid:
-                if recipe is None:
-                    raise ConfigError(f"{run.path}: --fid samples the run's own prior, and this run has no NeRF "
-                                      "stage that names one")
                 fid_cameras = orbit_cameras(settings.fid_views, 30.0, distance, fovy)
                 task = progress.add_task(f"{run.path.name}: views at 30 deg", total=len(fid_cameras))
                 fid_frames = render_all(render, fid_cameras, settings.resolution,
@@ -110,13 +118,14 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
                 fid_views = fid_frames.rgb.permute(0, 3, 1, 2)
                 sample_cameras = orbit_cameras(settings.fid_samples, 30.0, distance, fovy)
                 task = progress.add_task(f"{run.path.name}: prior samples", total=settings.fid_samples)
-                prior = load_prior(recipe.prior)
-                samples = prior_samples(prior, recipe.prior.model, view_prompts(prompt, sample_cameras, cam),
+                if recipe.prior.model not in priors:
+                    priors[recipe.prior.model] = load_prior(recipe.prior)
+                samples = prior_samples(priors[recipe.prior.model], recipe.prior.model, view_prompts(prompt, sample_cameras, cam),
                                         steps=settings.sample_steps, negative_prompt=recipe.prior.negative_prompt,
                                         seed=settings.seed, advance=lambda n: progress.advance(task, n))
                 row["fid"] = frechet_distance(inception(fid_views), inception(samples))
                 row["fid_images"] = f"{len(fid_views)} vs {len(samples)}"
-                features = clip.features(fid_views)
+                features = clip.features(fid_views) if clip is not None else None
                 if features is not None:
                     row["fd_clip"] = frechet_distance(features.double().numpy(), clip.features(samples).double().numpy())
         if settings.geometry:
@@ -133,7 +142,10 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
         rows.append(row)
         turntables.append(to_uint8(frames.rgb[:: max(1, len(frames) // 24)]))
         curves.append(loss_curve_png(run.stage(stage).path / "metrics.jsonl"))
-    written = write_report(report, rows, turntables, curves, COLUMNS) if report is not None else None
+    written = None
+    if report is not None:
+        written = write_report(report, rows, turntables, curves, COLUMNS)
+        write_report_png(report.with_suffix(".png"), rows, turntables, COLUMNS)
     return rows, written
 
 

@@ -52,10 +52,9 @@ def run(run_dir: Path, settings: RenderSettings, console: Console | None = None)
     run = RunDir.open(run_dir)
     stage = settings.stage or latest_stage(run)
     render = renderer(run, stage, settings.particle)
-    nerf_manifest = run.stage("nerf").manifest  # a run that textured an external mesh has none
-    cam = from_dict(nerf_manifest["config"]).camera if nerf_manifest else None
-    distance = settings.distance or (cam.eval_distance if cam else 2.0)
-    fovy = settings.fovy or (cam.eval_fovy_deg if cam else 40.0)
+    cam = from_dict(run.stage(stage).manifest["config"]).camera  # every stage records its whole recipe
+    distance = settings.distance or cam.eval_distance
+    fovy = settings.fovy or cam.eval_fovy_deg
     cameras = orbit_cameras(settings.frames, settings.elevation, distance, fovy)
 
     tic = time.perf_counter()

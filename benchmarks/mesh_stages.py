@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import trimesh
 from rich.console import Console
 
@@ -67,6 +66,7 @@ def main() -> None:
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
     from prolificli.config import build_recipe
+    from prolificli.evaluation.frames import load_textured_glb
     from prolificli.stages import extract, geometry, texture
     from prolificli.toyworld.evaluate import chamfer_distance, evaluate_textured_mesh, object_size
     from prolificli.toyworld.scorer import load_scorer
@@ -88,13 +88,8 @@ def main() -> None:
         refined = trimesh.load(run / "geometry" / "mesh.ply", process=False)
         result, t_texture = timed(lambda: texture.run(run, recipe, console=console))
 
-        glb = trimesh.load(result.glb, force="mesh", process=False)
-        image = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
-        vertices = np.asarray(glb.vertices)
-        vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)  # y-up back to z-up
-        report = evaluate_textured_mesh(torch.tensor(vertices, dtype=torch.float32), torch.tensor(glb.faces),
-                                        torch.tensor(np.asarray(glb.visual.uv), dtype=torch.float32),
-                                        torch.tensor(image), recipe, prompt, scorer)
+        mesh, uvs, image = load_textured_glb(result.glb)
+        report = evaluate_textured_mesh(mesh.vertices, mesh.faces, uvs, image, recipe, prompt, scorer)
         rows.append({
             "prompt": prompt,
             "chamfer_extract_pct": 100 * chamfer_distance(extracted, truth) / size,

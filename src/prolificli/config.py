@@ -103,13 +103,21 @@ class VolumeRenderConfig:
 class GuidanceConfig:
     """Which distillation method, and its timestep and weighting schedule."""
 
-    method: Literal["vsd", "sds"] = "vsd"
+    method: Literal["vsd", "sds", "l2vsd"] = "vsd"
     cfg: float | None = None  # CFG scale of the prior; None: the method's own (7.5 VSD, 100 SDS)
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_annealed: float = 0.5  # after anneal_step, t ~ U(t_min, t_max_annealed)
     anneal_step: int = 5000
     weighting: Literal["sigma2", "uniform"] = "sigma2"  # w(t) = sigma_t^2 = 1 - alphabar_t
+
+
+@dataclass
+class LookaheadConfig:
+    """L2-VSD's linearised lookahead: the step -eta * grad(phi's diffusion loss) it looks along."""
+
+    eta: float = 0.01  # the paper ablates 1e-3 .. 1
+    last_layer_only: bool = False  # differentiate only the UNet's last LoRA layer (cheaper)
 
 
 @dataclass
@@ -236,6 +244,7 @@ class Recipe:
     camera: CameraConfig = _field(default_factory=CameraConfig)
     guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
     score_model: ScoreModelConfig = _field(default_factory=ScoreModelConfig)
+    lookahead: LookaheadConfig = _field(default_factory=LookaheadConfig)  # L2-VSD only
     nerf: NeRFStageConfig = _field(default_factory=NeRFStageConfig)
     extract: ExtractConfig = _field(default_factory=ExtractConfig)
     geometry: GeometryStageConfig = _field(default_factory=GeometryStageConfig)
@@ -397,7 +406,7 @@ def load_recipe_dict(name_or_path: str) -> dict:
     return data
 
 
-DEFAULT_CFG = {"vsd": 7.5, "sds": 100.0}  # ProlificDreamer Sec. 5 / DreamFusion
+DEFAULT_CFG = {"vsd": 7.5, "l2vsd": 7.5, "sds": 100.0}  # ProlificDreamer Sec. 5 / DreamFusion
 
 
 def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,

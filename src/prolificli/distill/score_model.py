@@ -119,14 +119,15 @@ class ScoreModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------
 
-    def _activate(self) -> None:
+    def activate(self) -> None:
         """Adapters on and camera MLP present: the shared UNet may have been left as the prior's."""
         self.unet.enable_adapters()
         self.unet.class_embedding = self.camera_embedding
 
-    def _forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
+    def _forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None, activate: bool = True) -> Tensor:
         """The raw UNet output in the score model's parameterisation (v or eps)."""
-        self._activate()
+        if activate:
+            self.activate()
         class_labels = None
         if self.camera_embedding is not None:
             if camera is None:
@@ -139,6 +140,17 @@ class ScoreModel(nn.Module):
             class_labels=class_labels,
         ).sample
         return out.float()
+
+    def forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
+        """eps as a module call, so torch.func.functional_call can swap the parameters (L2-VSD).
+        Does not switch the adapters on (peft does that with requires_grad_, which a torch.func
+        transform forbids): call `activate()` first."""
+        return self.prior.to_eps(self._forward(xt, t, text_emb, camera, activate=False), xt.float(), t,
+                                 self.cfg.prediction_type)
+
+    def trainable_items(self) -> dict[str, nn.Parameter]:
+        """LoRA and camera-MLP parameters by their name in the score model (`unet.` + UNet name)."""
+        return {f"unet.{name}": p for name, p in self._trainable.items()}
 
     def eps(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
         """eps_phi(x_t, t, c, y) in float32; camera None is the zero camera (the dropped condition)."""

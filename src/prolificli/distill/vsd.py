@@ -7,6 +7,8 @@ renders' distribution, trained on those renders alongside theta. One call does A
 lines 5 and 6 for a batch of renders x0 = g(theta, c):
   5: the 3D gradient with the *current* phi (returned as a surrogate loss; the caller steps theta),
   6: score_cfg.train_steps AdamW steps of phi on the same renders, detached (Eq. 8).
+The first step's gradient is taken before line 5's gradient is formed (phi unchanged), so that a
+lookahead method (L2-VSD) can read it; VSD's arithmetic and random draws are the same either way.
 Rendering once and using the image twice is what keeps VSD's cost close to SDS's (App. E).
 """
 
@@ -58,25 +60,31 @@ class VSD:
             # classifier-free guidance on eps_phi (camera vs zero camera) with scale 1.0, which is
             # the same conditional prediction at twice the cost.
             eps_phi = self.score_model.eps(x_t, t, score_text_emb, cond.camera)
-        grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps_phi)
-        # L2-VSD (linearised lookahead) hooks in here: it adds its correction to `grad`, computed
-        # from the score model before the phi update below.
-        loss = surrogate_loss(x0, grad)
-
-        # Line 6: phi follows the renders it has just scored (after the gradient, per Algorithm 1).
+        # Line 6 begins: the gradient of phi's diffusion loss on these renders (Eq. 8). phi itself
+        # moves only after the 3D gradient is formed, so that gradient sees the current phi.
         lora_losses = []
-        for _ in range(self.score_cfg.train_steps):
+        for k in range(self.score_cfg.train_steps):
             self.optimizer.zero_grad(set_to_none=True)
             lora_loss = self.score_model.diffusion_loss(x0, score_text_emb, cond.camera, generator=generator)
             lora_loss.backward()
-            self.optimizer.step()
             lora_losses.append(lora_loss.item())
+            if k == 0:
+                eps_phi = eps_phi + self.lookahead(x_t, t, score_text_emb, cond.camera)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+        grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps_phi)
+        loss = surrogate_loss(x0, grad)
 
         logs = {"t": t.float().mean().item(), "grad_norm": grad_norm(grad)}
         if lora_losses:
             logs["lora_loss"] = sum(lora_losses) / len(lora_losses)
         return DistillOutput(loss=loss, grad=grad, logs=logs)
+
+    def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
+        """What to add to eps_phi before the 3D gradient; VSD adds nothing (L2-VSD: its linear term).
+        Called with the gradient of phi's first update in the parameters' .grad."""
+        return 0.0
 
     def state_dict(self) -> dict:
         return {

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
 from ..cameras import Cameras, view_prompts
-from ..distill import SDS, VSD, Conditioning, ScoreModel
+from ..distill import L2VSD, SDS, VSD, Conditioning, ScoreModel
 from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
 
 
@@ -86,6 +86,8 @@ def build_distiller(guidance, recipe, prior):
     """SDS, or VSD with a new LoRA score model of the recipe's settings, for one stage's guidance."""
     if guidance.method == "sds":
         return SDS(prior, guidance)
+    if guidance.method == "l2vsd":
+        return L2VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model, recipe.lookahead)
     return VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model)
 
 

@@ -63,11 +63,11 @@ class L2VSD(VSD):
             self.lookahead_names = [name for name in lora if name.startswith(last + ".lora_")]
         else:
             self.lookahead_names = list(items)
+        self.lookahead_params = {name: items[name] for name in self.lookahead_names}
 
     def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
-        items = self.score_model.trainable_items()
-        direction = {name: -self.lookahead_cfg.eta * items[name].grad for name in self.lookahead_names
-                     if items[name].grad is not None}
+        direction = {name: -self.lookahead_cfg.eta * p.grad for name, p in self.lookahead_params.items()
+                     if p.grad is not None}
         if not direction:
             return 0.0
         return linear_term(self.score_model, direction, x_t, t, text_emb, camera)

@@ -49,10 +49,6 @@ def latest_stage(run: RunDir) -> str:
     return done[-1]
 
 
-def _camera_normals(world_normals: Tensor, cameras: Cameras) -> Tensor:
-    return torch.einsum("bji,bhwj->bhwi", cameras.c2w[:, :3, :3], world_normals)
-
-
 def _view_axis(cameras: Cameras) -> Tensor:
     return -cameras.c2w[:, :3, 2]  # [B,3]: cameras look along their -z
 
@@ -74,48 +70,39 @@ def normals_from_depth(points: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def render_nerf(field, background, recipe, cameras: Cameras, resolution: int, chunk: int = 4) -> Frames:
+def render_nerf(field, background, recipe, cameras: Cameras, resolution: int) -> Frames:
+    from ..render.mesh import normal_colors
     from ..render.volume import render
 
-    parts = []
-    for start in range(0, len(cameras), chunk):
-        cams = cameras[start : start + chunk]
-        out = render(field, background, cams, resolution, resolution, recipe.nerf.render, stratified=False)
-        origins, directions = cams.rays(resolution, resolution)
-        opaque = out.opacity[..., 0] > 0.5
-        distance = out.depth / out.opacity.clamp(min=1e-6)  # expected distance of the surface along the ray
-        points = origins + distance * directions
-        normal = normals_from_depth(points, opaque)
-        facing = (normal * directions).sum(-1, keepdim=True)
-        normal = torch.where(facing > 0, -normal, normal)  # towards the camera
-        colour = torch.where(opaque[..., None] & (normal.norm(dim=-1, keepdim=True) > 0),
-                             (_camera_normals(normal, cams) + 1) / 2, torch.ones_like(normal))
-        depth = distance * (directions * _view_axis(cams)[:, None, None, :]).sum(-1, keepdim=True)
-        parts.append(Frames(out.rgb.clamp(0, 1), colour, depth * opaque[..., None], out.opacity))
-    return _concat(parts)
+    out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
+    origins, directions = cameras.rays(resolution, resolution)
+    opaque = out.opacity[..., 0] > 0.5
+    distance = out.depth / out.opacity.clamp(min=1e-6)  # expected distance of the surface along the ray
+    normal = normals_from_depth(origins + distance * directions, opaque)
+    facing = (normal * directions).sum(-1, keepdim=True)
+    normal = torch.where(facing > 0, -normal, normal)  # towards the camera
+    colour = torch.where(opaque[..., None] & (normal.norm(dim=-1, keepdim=True) > 0),
+                         normal_colors(normal, cameras), torch.ones_like(normal))
+    depth = distance * (directions * _view_axis(cameras)[:, None, None, :]).sum(-1, keepdim=True)
+    return Frames(out.rgb.clamp(0, 1), colour, depth * opaque[..., None], out.opacity)
 
 
 @torch.no_grad()
 def render_mesh_frames(mesh: Mesh, cameras: Cameras, resolution: int, *, uvs: Tensor | None = None,
-                       uv_faces: Tensor | None = None, texture: Tensor | None = None, chunk: int = 8) -> Frames:
+                       uv_faces: Tensor | None = None, texture: Tensor | None = None) -> Frames:
     from ..render.mesh import normal_image, render_mesh, sample_texture
 
-    cfg = MeshRenderConfig(backend="torch")
-    parts = []
-    for start in range(0, len(cameras), chunk):
-        cams = cameras[start : start + chunk]
-        out = render_mesh(mesh, cams, resolution, cfg)
-        white = torch.ones_like(out.position)
-        if texture is not None:
-            color = sample_texture(out.interpolate(uvs, uv_faces), texture)
-        elif mesh.colors is not None:
-            color = out.interpolate(mesh.colors)
-        else:
-            color = torch.full_like(out.position, 0.7)
-        rgb = out.composite(color, white).clamp(0, 1)
-        normal = out.composite(normal_image(out, cams), white)
-        parts.append(Frames(rgb, normal, out.depth * out.mask[..., None], out.opacity))
-    return _concat(parts)
+    out = render_mesh(mesh, cameras, resolution, MeshRenderConfig(backend="torch"))
+    white = torch.ones_like(out.position)
+    if texture is not None:
+        color = sample_texture(out.interpolate(uvs, uv_faces), texture)
+    elif mesh.colors is not None:
+        color = out.interpolate(mesh.colors)
+    else:
+        color = torch.full_like(out.position, 0.7)
+    rgb = out.composite(color, white).clamp(0, 1)
+    normal = out.composite(normal_image(out, cameras), white)
+    return Frames(rgb, normal, out.depth * out.mask[..., None], out.opacity)
 
 
 def _concat(parts: list[Frames]) -> Frames:
@@ -145,21 +132,21 @@ def stage_mesh(run: RunDir, stage: str) -> Mesh:
         return Mesh(torch.tensor(np.asarray(ply.vertices), dtype=torch.float32), torch.tensor(np.asarray(ply.faces)),
                     colors)
     if stage == "texture":
-        mesh, _, _ = load_textured_glb(run.stage("texture").path / "model.glb")
-        return _in_object_box(run, mesh)
+        return textured_mesh(run)[0]
     raise ValueError(stage)
 
 
-def _in_object_box(run: RunDir, mesh: Mesh) -> Mesh:
-    """A texture stage that painted an external mesh exported it in that mesh's own coordinates;
-    the stage's cameras saw it centred and scaled into the object box, and so do ours."""
+def textured_mesh(run: RunDir) -> tuple[Mesh, Tensor, Tensor]:
+    """The texture stage's GLB where its cameras saw it: mesh, uvs, texture. A texture stage that
+    painted an external mesh exported it in that mesh's own coordinates; the stage saw it centred
+    and scaled into the object box, and so do we."""
     from ..stages.texture import fit_to_object_box
 
+    mesh, uvs, texture = load_textured_glb(run.stage("texture").path / "model.glb")
     source = load_checkpoint(run.stage("texture").checkpoint_dir).extra.get("mesh")
-    if source in ("geometry", "extract"):
-        return mesh
-    fitted, _, _ = fit_to_object_box(Mesh(mesh.vertices, mesh.faces))
-    return Mesh(fitted.vertices, mesh.faces, mesh.colors)
+    if source not in ("geometry", "extract"):
+        mesh, _, _ = fit_to_object_box(mesh)
+    return mesh, uvs, texture
 
 
 def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
@@ -174,8 +161,7 @@ def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, i
         field, background = particles[particle]
         return lambda cameras, resolution: render_nerf(field, background, recipe, cameras, resolution)
     if stage == "texture":
-        mesh, uvs, texture = load_textured_glb(run.stage("texture").path / "model.glb")
-        mesh = _in_object_box(run, mesh)
+        mesh, uvs, texture = textured_mesh(run)
         return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution, uvs=uvs,
                                                               uv_faces=mesh.faces, texture=texture)
     mesh = stage_mesh(run, stage)

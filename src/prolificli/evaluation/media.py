@@ -52,13 +52,18 @@ def write_png(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
+def gif_bytes(frames: np.ndarray, fps: int) -> bytes:
+    """An endlessly looping GIF of uint8 frames [N,H,W,3]."""
     from io import BytesIO
 
     images = [Image.fromarray(f) for f in frames]
     buffer = BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
+    write_bytes_atomic(path, gif_bytes(frames, fps))
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import write_bytes_atomic
+from .media import gif_bytes
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -46,15 +47,6 @@ def loss_curve_png(metrics_path: Path, keys: tuple[str, ...] = ("loss",)) -> byt
     return buffer.getvalue()
 
 
-def gif_bytes(frames: np.ndarray, fps: int = 12) -> bytes:
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    buffer = BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return buffer.getvalue()
-
-
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -68,7 +60,7 @@ def write_report(path: Path, rows: list[dict], turntables: list[np.ndarray], cur
     body = []
     for row, frames, curve in zip(rows, turntables, curves):
         cells = "".join(f"<td>{html.escape(format_value(row.get(c)))}</td>" for c in columns)
-        gif = f'<img class="turntable" src="{_data_uri(gif_bytes(frames), "image/gif")}" alt="turntable">'
+        gif = f'<img class="turntable" src="{_data_uri(gif_bytes(frames, fps=12), "image/gif")}" alt="turntable">'
         plot = f'<img src="{_data_uri(curve, "image/png")}" alt="loss curve">' if curve else "<p>no curve logged</p>"
         body.append(f'<section><h2>{html.escape(str(row["run"]))}</h2><div class="row">{gif}{plot}</div>'
                     f"<table><tr>{head}</tr><tr>{cells}</tr></table></section>")

@@ -11,7 +11,6 @@ normal points from the inside corners to the outside ones.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

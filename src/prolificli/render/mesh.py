@@ -73,21 +73,13 @@ class MeshRender:
         return self.raster.antialias(hard) if self.antialiased else hard
 
 
-def _use_nvdiffrast(cfg: MeshRenderConfig, device: torch.device) -> bool:
-    from . import nvdiffrast_backend
-
-    if cfg.backend == "nvdiffrast":
-        nvdiffrast_backend.require(device)  # a clear ConfigError, never a silent swap
-        return True
-    # auto keeps the verified torch path until the adapter has been checked on hardware
-    return False
-
-
 def rasterize(mesh: Mesh, cameras: Cameras, resolution: int, cfg: MeshRenderConfig) -> Rasterization:
-    if cfg.backend != "torch" and _use_nvdiffrast(cfg, mesh.vertices.device):
-        from .nvdiffrast_backend import rasterize as nvdiffrast_rasterize
+    """`auto` is the PyTorch rasterizer until the nvdiffrast adapter has been checked on hardware."""
+    if cfg.backend == "nvdiffrast":
+        from . import nvdiffrast_backend
 
-        return nvdiffrast_rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
+        nvdiffrast_backend.require(mesh.vertices.device)  # a clear ConfigError, never a silent swap
+        return nvdiffrast_backend.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
     rast = raster.rasterize(mesh.vertices, mesh.faces, cameras, resolution, resolution)
     return TorchRasterization(rast, mesh.faces, mesh.face_neighbors())
 
@@ -119,8 +111,10 @@ def sample_texture(uv: Tensor, texture: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
+def normal_colors(world_normals: Tensor, cameras: Cameras) -> Tensor:
+    """World normals [B,H,W,3] as camera-space colours, (n + 1) / 2 (facing the camera: light blue)."""
+    return (torch.einsum("bji,bhwj->bhwi", cameras.c2w[:, :3, :3], world_normals) + 1) / 2
+
+
 def normal_image(render: MeshRender, cameras: Cameras) -> Tensor:
-    """Camera-space normals as colours, (n + 1) / 2 (a surface facing the camera is light blue)."""
-    rotation = cameras.c2w[:, :3, :3]
-    camera_normals = torch.einsum("bji,bhwj->bhwi", rotation, render.normal)
-    return (camera_normals + 1) / 2
+    return normal_colors(render.normal, cameras)

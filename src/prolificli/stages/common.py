@@ -83,12 +83,13 @@ def refuse_existing(stage: StageDir, command: str, run_path) -> None:
 
 
 def build_distiller(guidance, recipe, prior):
-    """SDS, or VSD with a new LoRA score model of the recipe's settings, for one stage's guidance."""
+    """SDS, or VSD / L2-VSD with a new LoRA score model of the recipe's settings, for one stage's guidance."""
     if guidance.method == "sds":
         return SDS(prior, guidance)
+    score_model = ScoreModel(prior, recipe.score_model)
     if guidance.method == "l2vsd":
-        return L2VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model, recipe.lookahead)
-    return VSD(prior, ScoreModel(prior, recipe.score_model), guidance, recipe.score_model)
+        return L2VSD(prior, score_model, guidance, recipe.score_model, recipe.lookahead)
+    return VSD(prior, score_model, guidance, recipe.score_model)
 
 
 def clear_stage(stage: StageDir) -> None:

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..artifacts import RunDir, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
-from ..config import ConfigError, from_dict
+from ..config import DEFAULT_CFG, ConfigError, from_dict
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
 from ..evaluation.media import to_uint8
@@ -56,7 +56,7 @@ def describe(run: RunDir, stage: str, label: str) -> dict:
     config = nerf.get("config")
     recipe = from_dict(config) if config else None
     guidance = recipe.guidance if recipe else None
-    cfg = (guidance.cfg if guidance.cfg is not None else (100.0 if guidance.method == "sds" else 7.5)) if guidance else None
+    cfg = (guidance.cfg if guidance.cfg is not None else DEFAULT_CFG[guidance.method]) if guidance else None
     manifest = run.stage(stage).manifest or {}
     return {"run": label, "stage": stage, "method": guidance.method if guidance else None, "cfg": cfg,
             "particles": recipe.nerf.particles if recipe else None, "steps": manifest.get("steps"),

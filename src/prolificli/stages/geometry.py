@@ -68,6 +68,12 @@ class GeometryProblem:
         nearest = torch.cat([torch.cdist(chunk, self.base_points).argmin(1) for chunk in points.detach().split(1024)])
         return self.base_colors[nearest]
 
+    def surface_color(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """What the prior sees at visible surface points [N,3] (shading lambert or albedo)."""
+        if self.cfg.shading == "lambert":
+            return self._base_color(points) * self.shade(normals)
+        return albedo_across_surface(self.albedo_field, points, normals, self.half_width)
+
     def sample_view(self, step: int) -> View:
         cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
         return self.prompter.view(cameras, self.cfg.resolution)
@@ -78,18 +84,13 @@ class GeometryProblem:
             raise OptimisationFailed(f"the surface vanished at step {step} (every SDF value is positive); "
                                      "lower geometry.lr or raise the regulariser weights")
         out = render_mesh(self.mesh, view.cameras, view.resolution, self.cfg.render)
-        hit = out.mask
         if self.cfg.shading == "normal":
             color = normal_image(out, view.cameras)
-        elif not hit.any():
-            color = out.position.new_zeros(out.position.shape)
-        elif self.cfg.shading == "lambert":
-            points, normals = out.position[hit], out.normal[hit]
-            color = out.position.new_zeros(out.position.shape).index_put(
-                (hit,), self._base_color(points) * self.shade(normals))
         else:
-            color = out.position.new_zeros(out.position.shape).index_put((hit,), albedo_across_surface(
-                self.albedo_field, out.position[hit], out.normal[hit], self.half_width))
+            color = out.position.new_zeros(out.position.shape)
+            hit = out.mask
+            if hit.any():
+                color = color.index_put((hit,), self.surface_color(out.position[hit], out.normal[hit]))
         white = torch.ones_like(color)
         image = out.composite(color, white)
         return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})

@@ -10,7 +10,7 @@ import torch
 
 from prolificli.config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
 from prolificli.distill import L2VSD, VSD, ScoreModel
-from prolificli.distill.l2vsd import linear_term
+from prolificli.distill.lookahead import linear_term
 from test_distill import make_batch, perturb_trainable
 
 

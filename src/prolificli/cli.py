@@ -82,7 +82,7 @@ def nerf(
                                         help="Override any recipe key, e.g. --set nerf.steps=2000 "
                                              "--set guidance.cfg=5 (repeatable, validated)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. Default: runs/<prompt-slug>."),
-    method: Optional[str] = typer.Option(None, "--method", help="vsd (default), l2vsd or sds; same as --set guidance.method=."),
+    method: Optional[str] = typer.Option(None, "--method", help="vsd (default), l2vsd, l-vsd, esd or sds; same as --set guidance.method=."),
     particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1,
                                             help="Number of VSD particles (n NeRFs sharing one score model)."),
     model: Optional[str] = typer.Option(None, "--model", "-m",

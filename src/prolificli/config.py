@@ -103,7 +103,7 @@ class VolumeRenderConfig:
 class GuidanceConfig:
     """Which distillation method, and its timestep and weighting schedule."""
 
-    method: Literal["vsd", "sds", "l2vsd"] = "vsd"
+    method: Literal["vsd", "sds", "l-vsd", "l2vsd", "esd"] = "vsd"
     cfg: float | None = None  # CFG scale of the prior; None: the method's own (7.5 VSD, 100 SDS)
     t_min: float = 0.02
     t_max: float = 0.98
@@ -121,6 +121,13 @@ class LookaheadConfig:
 
 
 @dataclass
+class ESDConfig:
+    """Entropic Score Distillation: how much of the camera-free score is mixed into VSD's."""
+
+    entropy_weight: float = 0.5  # lambda; 0 is VSD, 1 ignores the camera
+
+
+@dataclass
 class ScoreModelConfig:
     """VSD's model of the rendered-image distribution: LoRA + camera embedding on a UNet."""
 
@@ -131,7 +138,7 @@ class ScoreModelConfig:
     prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
     camera_dropout: float = 0.1
     camera_embedding: bool = True
-    train_steps: int = 1  # score-model updates per 3D update
+    train_steps: int = 1  # score-model updates per 3D update (gamma; L-VSD makes them before the 3D update)
 
 
 @dataclass
@@ -245,6 +252,7 @@ class Recipe:
     guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
     score_model: ScoreModelConfig = _field(default_factory=ScoreModelConfig)
     lookahead: LookaheadConfig = _field(default_factory=LookaheadConfig)  # L2-VSD only
+    esd: ESDConfig = _field(default_factory=ESDConfig)  # ESD only
     nerf: NeRFStageConfig = _field(default_factory=NeRFStageConfig)
     extract: ExtractConfig = _field(default_factory=ExtractConfig)
     geometry: GeometryStageConfig = _field(default_factory=GeometryStageConfig)
@@ -406,7 +414,8 @@ def load_recipe_dict(name_or_path: str) -> dict:
     return data
 
 
-DEFAULT_CFG = {"vsd": 7.5, "l2vsd": 7.5, "sds": 100.0}  # ProlificDreamer Sec. 5 / DreamFusion
+# ProlificDreamer Sec. 5 / DreamFusion; the VSD variants keep VSD's scale
+DEFAULT_CFG = {"vsd": 7.5, "l-vsd": 7.5, "l2vsd": 7.5, "esd": 7.5, "sds": 100.0}
 
 
 def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
@@ -427,7 +436,11 @@ def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ..
         from_dict(override)  # report a bad override on its own
         data = merge(data, override)
     resolved = from_dict(data)
+    score_model = resolved.score_model
     for guidance in (resolved.guidance, resolved.geometry.guidance, resolved.texture.guidance):
         if guidance.cfg is None:
             guidance.cfg = DEFAULT_CFG[guidance.method]
+        if guidance.method == "esd" and not (score_model.camera_embedding and score_model.camera_dropout > 0):
+            raise ConfigError("ESD mixes in the score model's camera-free prediction, which it learns only with "
+                              "score_model.camera_embedding: true and score_model.camera_dropout > 0")
     return resolved

@@ -10,6 +10,10 @@ lines 5 and 6 for a batch of renders x0 = g(theta, c):
 The first step's gradient is taken before line 5's gradient is formed (phi unchanged), so that a
 lookahead method (L2-VSD) can read it; VSD's arithmetic and random draws are the same either way.
 Rendering once and using the image twice is what keeps VSD's cost close to SDS's (App. E).
+
+The variants change one of two methods: `score` (what eps_phi is: ESD mixes in the camera-free
+prediction) and `score_and_update` (when phi moves relative to the scoring: L-VSD moves it first,
+L2-VSD adds the linear term of that move).
 """
 
 from __future__ import annotations
@@ -56,22 +60,7 @@ class VSD:
         x_t = self.prior.add_noise(x0.detach(), eps, t)
         with torch.no_grad():
             eps_pretrain = self.prior.predict_eps(x_t, t, cond.text_emb, cond.uncond_emb, self.guidance_scale)
-            # The camera-conditional prediction, as the official code calls it. threestudio runs
-            # classifier-free guidance on eps_phi (camera vs zero camera) with scale 1.0, which is
-            # the same conditional prediction at twice the cost.
-            eps_phi = self.score_model.eps(x_t, t, score_text_emb, cond.camera)
-        # Line 6 begins: the gradient of phi's diffusion loss on these renders (Eq. 8). phi itself
-        # moves only after the 3D gradient is formed, so that gradient sees the current phi.
-        lora_losses = []
-        for k in range(self.score_cfg.train_steps):
-            self.optimizer.zero_grad(set_to_none=True)
-            lora_loss = self.score_model.diffusion_loss(x0, score_text_emb, cond.camera, generator=generator)
-            lora_loss.backward()
-            lora_losses.append(lora_loss.item())
-            if k == 0:
-                eps_phi = eps_phi + self.lookahead(x_t, t, score_text_emb, cond.camera)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        eps_phi, lora_losses = self.score_and_update(x0, x_t, t, score_text_emb, cond.camera, generator)
 
         grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps_phi)
         loss = surrogate_loss(x0, grad)
@@ -80,6 +69,35 @@ class VSD:
         if lora_losses:
             logs["lora_loss"] = sum(lora_losses) / len(lora_losses)
         return DistillOutput(loss=loss, grad=grad, logs=logs)
+
+    def score(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor:
+        """eps_phi(x_t, t, c, y): the camera-conditional prediction, as the official code calls it.
+        (threestudio runs CFG on eps_phi, camera vs zero camera, at scale 1.0: the same prediction
+        at twice the cost.)"""
+        with torch.no_grad():
+            return self.score_model.eps(x_t, t, text_emb, camera)
+
+    def score_and_update(self, x0: Tensor, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor,
+                         generator: torch.Generator | None) -> tuple[Tensor, list[float]]:
+        """eps_phi for the 3D gradient with the current phi, then line 6: train_steps updates of phi.
+        phi's first gradient is taken before phi moves, for `lookahead` to read."""
+        eps_phi = self.score(x_t, t, text_emb, camera)
+        lora_losses = []
+        for k in range(self.score_cfg.train_steps):
+            lora_losses.append(self.score_model_gradient(x0, text_emb, camera, generator))
+            if k == 0:
+                eps_phi = eps_phi + self.lookahead(x_t, t, text_emb, camera)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return eps_phi, lora_losses
+
+    def score_model_gradient(self, x0: Tensor, text_emb: Tensor, camera: Tensor,
+                             generator: torch.Generator | None) -> float:
+        """Eq. 8 on the renders (detached): fills the trainable parameters' .grad, returns the loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.score_model.diffusion_loss(x0, text_emb, camera, generator=generator)
+        loss.backward()
+        return loss.item()
 
     def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
         """What to add to eps_phi before the 3D gradient; VSD adds nothing (L2-VSD: its linear term).

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
 from ..cameras import Cameras, view_prompts
-from ..distill import L2VSD, SDS, VSD, Conditioning, ScoreModel
+from ..distill import ESD, L2VSD, LVSD, SDS, VSD, Conditioning, ScoreModel
 from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
 
 
@@ -83,12 +83,17 @@ def refuse_existing(stage: StageDir, command: str, run_path) -> None:
 
 
 def build_distiller(guidance, recipe, prior):
-    """SDS, or VSD / L2-VSD with a new LoRA score model of the recipe's settings, for one stage's guidance."""
+    """The distiller of one stage's guidance.method; every method but SDS gets a new LoRA score
+    model of the recipe's settings."""
     if guidance.method == "sds":
         return SDS(prior, guidance)
     score_model = ScoreModel(prior, recipe.score_model)
+    if guidance.method == "l-vsd":
+        return LVSD(prior, score_model, guidance, recipe.score_model)
     if guidance.method == "l2vsd":
         return L2VSD(prior, score_model, guidance, recipe.score_model, recipe.lookahead)
+    if guidance.method == "esd":
+        return ESD(prior, score_model, guidance, recipe.score_model, recipe.esd)
     return VSD(prior, score_model, guidance, recipe.score_model)
 
 

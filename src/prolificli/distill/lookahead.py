@@ -1,12 +1,13 @@
-"""L2-VSD: VSD with a linearised lookahead of the score model (L2-VSD paper, Sec. 4).
+"""L-VSD and L2-VSD: VSD with a lookahead of the score model (L2-VSD paper, Sec. 3.2 and 4).
 
 VSD scores the render x0 with phi, then moves phi one step towards the renders: its score model
-lags one step behind theta. Scoring with the next phi (L-VSD) removes the lag but lets phi overfit
+lags one step behind theta. L-VSD scores with the next phi instead (gamma = score_model.train_steps
+updates of phi on the current render first, Eq. 7-8), which removes the lag but lets phi overfit
 the very render it scores. L2-VSD keeps VSD's order and adds only the first-order term of the
 lookahead:
 
     eps_{phi - eta Delta}(x_t) ~= eps_phi(x_t) + J_phi eps_phi(x_t) . (-eta Delta)
-    grad_theta = w(t) (eps_pretrain - eps_phi - eta J . (-Delta)) dg/dtheta
+    grad_theta = w(t) (eps_pretrain - eps_phi - eta J . (-Delta)) dg/dtheta            (Eq. 11-12)
 
 Delta is the gradient of phi's diffusion loss (Eq. 8) on the current render: exactly the gradient
 VSD's own phi update then applies. The step direction is the paper's plain SGD step -eta Delta,
@@ -41,7 +42,7 @@ def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tens
     # group_norm's forward-mode rule views its input's tangent, which fails on the non-contiguous
     # tangents some UNets produce (seen after upsampling in the toy UNet): hand it contiguous ones
     hooks = [m.register_forward_pre_hook(lambda _, args: tuple(a.contiguous() for a in args))
-             for m in score_model.unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+             for m in score_model.modules() if isinstance(m, torch.nn.GroupNorm)]
     try:
         with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
             _, tangent = jvp(eps_of, (params,), ({name: direction[name] for name in params},))
@@ -49,6 +50,18 @@ def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tens
         for hook in hooks:
             hook.remove()
     return tangent
+
+
+class LVSD(VSD):
+    def score_and_update(self, x0: Tensor, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor,
+                         generator: torch.Generator | None) -> tuple[Tensor, list[float]]:
+        """gamma updates of phi on the render first, then eps_phi of the updated phi (Eq. 7-8)."""
+        lora_losses = []
+        for _ in range(self.score_cfg.train_steps):
+            lora_losses.append(self.score_model_gradient(x0, text_emb, camera, generator))
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.score(x_t, t, text_emb, camera), lora_losses
 
 
 class L2VSD(VSD):

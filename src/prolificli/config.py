@@ -58,6 +58,18 @@ class CameraConfig:
 
 
 @dataclass
+class SceneConfig:
+    """What the `nerf` stage optimises. "nerf": NeRF particles (the paper). "image": each particle is
+    one image in the prior's own space, rendered by the identity g(theta, c) = theta (the 2D mode,
+    for comparing distillation methods without 3D); nerf.steps, particles, batch_size and the
+    checkpoint/preview/log settings still apply, the NeRF-specific ones are unused."""
+
+    representation: Literal["nerf", "image"] = "nerf"
+    image_lr: float = 0.03  # Adam, on pixels in [-1, 1] or latents
+    image_init_std: float = 0.1  # theta ~ N(0, std^2): mid grey plus noise, so particles differ
+
+
+@dataclass
 class HashGridConfig:
     """Multi-resolution hash encoding (Instant-NGP); the per-level scale 1.447 spans 16 -> 4096 (threestudio)."""
 
@@ -249,6 +261,7 @@ class Recipe:
     seed: int = 0
     prior: PriorConfig = _field(default_factory=PriorConfig)
     camera: CameraConfig = _field(default_factory=CameraConfig)
+    scene: SceneConfig = _field(default_factory=SceneConfig)
     guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
     score_model: ScoreModelConfig = _field(default_factory=ScoreModelConfig)
     lookahead: LookaheadConfig = _field(default_factory=LookaheadConfig)  # L2-VSD only

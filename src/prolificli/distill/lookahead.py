@@ -24,6 +24,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from prolificli.config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
+from prolificli.distill.base import grad_norm
 from prolificli.distill.score_model import ScoreModel
 from prolificli.distill.vsd import VSD
 
@@ -83,4 +84,6 @@ class L2VSD(VSD):
                      if p.grad is not None}
         if not direction:
             return 0.0
-        return linear_term(self.score_model, direction, x_t, t, text_emb, camera)
+        term = linear_term(self.score_model, direction, x_t, t, text_emb, camera)
+        self.extra_logs["lookahead_norm"] = grad_norm(term)
+        return term

@@ -38,6 +38,7 @@ class VSD:
         self.guidance_scale = cfg.cfg if cfg.cfg is not None else DEFAULT_CFG["vsd"]
         # torch's AdamW defaults otherwise (betas 0.9/0.999, weight decay 0.01), as in the official code
         self.optimizer = torch.optim.AdamW(score_model.trainable_parameters(), lr=score_cfg.lr)
+        self.extra_logs: dict[str, float] = {}  # what a variant reports of its last step
 
     def __call__(
         self,
@@ -68,6 +69,7 @@ class VSD:
         logs = {"t": t.float().mean().item(), "grad_norm": grad_norm(grad)}
         if lora_losses:
             logs["lora_loss"] = sum(lora_losses) / len(lora_losses)
+        logs.update(self.extra_logs)
         return DistillOutput(loss=loss, grad=grad, logs=logs)
 
     def score(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
-"""`prolific nerf`: n NeRF particles distilled from a text-to-image prior by VSD (or SDS).
+"""`prolific nerf`: n NeRF particles distilled from a text-to-image prior by VSD (or SDS, ...).
 
 This file only assembles parts: the particles and their renderer (`NeRFParticles`, the
-`Problem` the generic loop optimises), the prior, the distiller, and the run directory.
+`Problem` the generic loop optimises), the prior, the distiller, and the run directory. With
+scene.representation: image the particles are images instead (`scene/image.py`, the 2D mode),
+written as RUN/nerf/images/particleK.png at the end; the mesh stages refuse such a run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..optimize import Rendered, View
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
 from ..render.volume import render
+from ..scene.image import ImageParticles
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, _prefixed, build_distiller, optimise, resume_checkpoint
 
@@ -128,6 +131,9 @@ def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[R
     """The trained (field, background) of every particle of a complete NeRF stage."""
     stage = RunDir.open(run_dir).stage(STAGE)
     recipe = from_dict(stage.require_complete(STAGE)["config"])
+    if recipe.scene.representation != "nerf":
+        raise ArtifactError(f"{stage.path} is a 2D run (scene.representation: {recipe.scene.representation}): "
+                            f"its particles are images (in {stage.path / 'images'}), not NeRFs")
     tensors = load_checkpoint(stage.checkpoint_dir).tensors
     particles = []
     for i in range(recipe.nerf.particles):
@@ -136,6 +142,31 @@ def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[R
         background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
         particles.append((field.to(device).eval(), background.to(device).eval()))
     return recipe, particles
+
+
+def write_images(particles: ImageParticles, stage_path: Path) -> list[str]:
+    """A 2D run's particles as PNGs at the prior's resolution: images/particleK.png."""
+    from PIL import Image
+
+    (stage_path / "images").mkdir(exist_ok=True)
+    names = []
+    for i, image in enumerate(particles.rgb()):
+        names.append(f"images/particle{i}.png")
+        pixels = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(stage_path / names[-1])
+    return names
+
+
+def load_images(run_dir: Path) -> tuple[Recipe, torch.Tensor]:
+    """The particles [n,3,H,W] in [0,1] of a complete 2D run, decoded by its prior."""
+    stage = RunDir.open(run_dir).stage(STAGE)
+    recipe = from_dict(stage.require_complete(STAGE)["config"])
+    if recipe.scene.representation != "image":
+        raise ArtifactError(f"{stage.path} is a NeRF run, not a 2D one (scene.representation: image)")
+    tensors = load_checkpoint(stage.checkpoint_dir).tensors
+    x0 = torch.stack([tensors[f"particle{i}.image"] for i in range(recipe.nerf.particles)])
+    with torch.no_grad():
+        return recipe, load_prior(recipe.prior).decode(x0).cpu()
 
 
 @dataclass
@@ -168,11 +199,19 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop
     console.print(f"[dim]loading prior {recipe.prior.model}[/]")
     prior = load_prior(recipe.prior)
-    particles = NeRFParticles(recipe, prior, prompt, generator)
+    finalize = None
+    if recipe.scene.representation == "image":
+        particles = ImageParticles(recipe, prior, prompt, generator)
+        encode = lambda x0: x0  # noqa: E731 -- the particles are x0 already
+        finalize = lambda: write_images(particles, stage.path)  # noqa: E731
+    else:
+        particles = NeRFParticles(recipe, prior, prompt, generator)
+        encode = prior.encode_images
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cfg = recipe.nerf
     settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
-    done = optimise(stage, particles, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),
-                    inputs=[], checkpoint=checkpoint, console=console, title=f"nerf {recipe.guidance.method}",
-                    outputs=[], extra={"prompt": prompt})
+    done = optimise(stage, particles, distiller, encode, generator, settings, config=to_dict(recipe),
+                    inputs=[], checkpoint=checkpoint, console=console,
+                    title=f"{recipe.scene.representation} {recipe.guidance.method}", outputs=[],
+                    finalize=finalize, extra={"prompt": prompt})
     return NeRFResult(run.path, "complete", done, cfg.steps, float(stage.manifest["timings"]["seconds"]))

@@ -1,0 +1,260 @@
+"""The distillation methods side by side in the toy world: SDS, VSD, L-VSD, L2-VSD, ESD.
+
+    python benchmarks/methods.py                                # both parts (~1 h on 2 CPU cores)
+    python benchmarks/methods.py --parts 2d --methods vsd l2vsd --prompts "a red cube"
+
+Parts:
+  2d    recipes/toy-2d.yaml: each particle is a 32 px image, rendered by the identity. Every
+        --eval-every steps the particles are kept; afterwards, per kept step: the scorer's prompt
+        accuracy, how many distinct (shape, colour) readings a prompt's particles show, and the FID
+        of all prompts' particles pooled against ancestral samples of the prior (CFG 7.5, the same
+        prompts). ESD is left out here: with no camera its mixed score is VSD's.
+  nerf  recipes/toy.yaml, one NeRF per prompt. Every --eval-every steps: prompt accuracy over 8
+        views, silhouette IoU and depth error against the true object; at the end the FID of 30
+        views at 30 deg elevation, pooled over prompts, against DDIM samples of the prior for the
+        same view prompts (ProlificDreamer's 3D-FID).
+Each method runs with its own default CFG (SDS 100, the VSD family 7.5) and the same seed. Per
+method: final metrics, seconds per step (median over the run; the optimisation step alone), and
+the steps it took to reach VSD's final quality (2D: pooled FID <= VSD's final FID; NeRF: mean IoU
+>= VSD's final mean IoU), "-" if it never did. The runs use the stage's own parts (problem,
+distiller, `optimization_step`) without its bookkeeping, so that they can be measured mid-run.
+Prints tables and writes benchmarks/results/methods-<parts>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+RECIPES = {"2d": str(ROOT.parent / "recipes" / "toy-2d.yaml"), "nerf": str(ROOT.parent / "recipes" / "toy.yaml")}
+# name -> recipe overrides; L2-VSD at the default eta = 0.01 and at eta = 1, the ends of the paper's
+# ablation range that matter here (its linear term is ~0.1% of the gradient at 0.01 in this world)
+METHODS = {"sds": ["guidance.method=sds"], "vsd": ["guidance.method=vsd"], "l-vsd": ["guidance.method=l-vsd"],
+           "l2vsd": ["guidance.method=l2vsd"], "l2vsd-eta1": ["guidance.method=l2vsd", "lookahead.eta=1"],
+           "esd": ["guidance.method=esd"]}
+PROMPTS = {"2d": ["a red cube", "a blue object", "a sphere"],
+           "nerf": ["a red cube", "a purple torus", "an orange pyramid"]}
+
+
+def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> tuple[dict, list[float], object]:
+    """Run the stage's optimisation for recipe.nerf.steps; `snapshot(problem)` every eval_every
+    steps. Returns the snapshots by step, each step's seconds, and the trained problem."""
+    from prolificli.optimize import optimization_step
+    from prolificli.prior import load_prior
+    from prolificli.scene.image import ImageParticles
+    from prolificli.stages.common import build_distiller
+    from prolificli.stages.nerf import NeRFParticles
+
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    prior = load_prior(recipe.prior)  # one per run: a prior carries one score model
+    if recipe.scene.representation == "image":
+        problem, encode = ImageParticles(recipe, prior, prompt, generator), (lambda x0: x0)
+    else:
+        problem, encode = NeRFParticles(recipe, prior, prompt, generator), prior.encode_images
+    distiller = build_distiller(recipe.guidance, recipe, prior)
+    snapshots, seconds = {}, []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{recipe.scene.representation} {recipe.guidance.method} '{prompt}'",
+                                 total=recipe.nerf.steps)
+        for step in range(recipe.nerf.steps):
+            tic = time.perf_counter()
+            logs = optimization_step(problem, encode, distiller, step, generator)
+            seconds.append(time.perf_counter() - tic)
+            if not torch.isfinite(torch.tensor(logs["loss"])):
+                raise RuntimeError(f"{recipe.guidance.method} '{prompt}': loss {logs['loss']} at step {step + 1}")
+            if (step + 1) % eval_every == 0 or step + 1 == recipe.nerf.steps:
+                snapshots[step + 1] = snapshot(problem)
+            progress.advance(task)
+    return snapshots, seconds, problem
+
+
+def steps_to_reach(curve: dict[int, float], target: float, higher_is_better: bool) -> int | None:
+    for step in sorted(curve):
+        if (curve[step] >= target) if higher_is_better else (curve[step] <= target):
+            return step
+    return None
+
+
+def part_2d(methods, prompts, steps, particles, eval_every, seed, console) -> list[dict]:
+    from prolificli.config import build_recipe
+    from prolificli.evaluation.fid import InceptionFeatures, frechet_distance
+    from prolificli.prior import load_prior
+    from prolificli.prior.sampling import sample_images
+    from prolificli.toyworld.scorer import load_scorer
+
+    scorer, inception = load_scorer(), InceptionFeatures()
+    prior = load_prior(build_recipe(RECIPES["2d"]).prior)
+    generator = torch.Generator().manual_seed(seed)
+    with console.status("ancestral samples of the prior (the reference)"):
+        reference = torch.cat([sample_images(prior, [p] * 40, steps=100, guidance_scale=7.5, eta=1.0,
+                                             generator=generator) for p in prompts])
+    reference_features = inception(reference)
+
+    def readings(images):
+        shapes, colours = scorer.classify(images)
+        return len(set(zip(shapes, colours)))
+
+    # the floor: a second, independent set of ancestral samples, as many per prompt as there are particles
+    with console.status("ancestral samples of the prior (the floor)"):
+        floor = {p: sample_images(prior, [p] * particles, steps=100, guidance_scale=7.5, eta=1.0, generator=generator)
+                 for p in prompts}
+    rows = [{"method": "ancestral samples (floor)",
+             "prompt_accuracy": statistics.mean(float(scorer.matches(floor[p], p).float().mean()) for p in prompts),
+             "distinct": statistics.mean(readings(floor[p]) for p in prompts),
+             "fid": frechet_distance(inception(torch.cat(list(floor.values()))), reference_features)}]
+    save_grid(floor, RESULTS / "methods-2d" / "ancestral.png")
+    curves = {}
+    for method in [m for m in methods if m != "esd"]:
+        snapshots, seconds = {}, []
+        for prompt in prompts:
+            recipe = build_recipe(RECIPES["2d"], METHODS[method] + [f"nerf.steps={steps}",
+                                                                    f"nerf.particles={particles}", f"seed={seed}"])
+            snaps, secs, _ = train(recipe, prompt, eval_every, lambda problem: problem.rgb().cpu(), console)
+            snapshots[prompt] = snaps
+            seconds += secs
+        curve = {step: frechet_distance(inception(torch.cat([snapshots[p][step] for p in prompts])), reference_features)
+                 for step in snapshots[prompts[0]]}
+        final = {p: snapshots[p][steps] for p in prompts}
+        row = {"method": method, "prompt_accuracy": statistics.mean(float(scorer.matches(final[p], p).float().mean())
+                                                                     for p in prompts),
+               "distinct": statistics.mean(readings(final[p]) for p in prompts), "fid": curve[steps],
+               "fid_curve": curve, "s_per_step": statistics.median(seconds)}
+        curves[method] = curve
+        rows.append(row)
+        console.print(json.dumps({k: v for k, v in row.items() if k != "fid_curve"}), highlight=False)
+        save_grid(final, RESULTS / "methods-2d" / f"{method}.png")
+    if "vsd" in curves:
+        for row in rows[1:]:
+            row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], curves["vsd"][steps], higher_is_better=False)
+    return rows
+
+
+def save_grid(images_by_prompt: dict, path: Path) -> None:
+    """One row of particles per prompt, as a PNG (for looking at, not measured)."""
+    from PIL import Image
+
+    rows = [torch.cat(list(images.permute(0, 2, 3, 1)), dim=1) for images in images_by_prompt.values()]
+    grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
+    from prolificli.cameras import orbit_cameras, view_prompts
+    from prolificli.config import build_recipe
+    from prolificli.evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
+    from prolificli.prior import load_prior
+    from prolificli.render.volume import render
+    from prolificli.toyworld.evaluate import evaluate_particle
+    from prolificli.toyworld.scorer import load_scorer
+
+    scorer, inception = load_scorer(), InceptionFeatures()
+    base = build_recipe(RECIPES["nerf"])
+    cam = base.camera
+    fid_cameras = orbit_cameras(30, 30.0, cam.eval_distance, cam.eval_fovy_deg)
+    prior = load_prior(base.prior)
+    with console.status("DDIM samples of the prior for the FID views"):
+        samples = torch.cat([prior_samples(prior, base.prior.model, view_prompts(p, fid_cameras, cam), seed=seed)
+                             for p in prompts])
+    reference_features = inception(samples)
+
+    rows, iou_curves = [], {}
+    for method in methods:
+        reports, seconds, fid_views = {}, [], []
+        for prompt in prompts:
+            recipe = build_recipe(RECIPES["nerf"], METHODS[method] + [f"nerf.steps={steps}", f"seed={seed}"])
+
+            def snapshot(problem, recipe=recipe, prompt=prompt):
+                return evaluate_particle(problem.fields[0], problem.backgrounds[0], recipe, prompt, scorer)
+
+            snaps, secs, problem = train(recipe, prompt, eval_every, snapshot, console)
+            reports[prompt], seconds = snaps, seconds + secs
+            with torch.no_grad():
+                out = render(problem.fields[0], problem.backgrounds[0], fid_cameras, prior.image_size,
+                             prior.image_size, recipe.nerf.render, stratified=False)
+            fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
+        mean = lambda values: statistics.mean(values)  # noqa: E731
+        curve = {step: mean(reports[p][step].silhouette_iou for p in prompts) for step in reports[prompts[0]]}
+        final = [reports[p][steps] for p in prompts]
+        row = {"method": method, "prompt_accuracy": mean(r.prompt_accuracy for r in final),
+               "silhouette_iou": curve[steps], "depth_error": mean(r.depth_error for r in final),
+               "fid": frechet_distance(inception(torch.cat(fid_views)), reference_features),
+               "iou_curve": curve, "per_prompt": {p: {"accuracy": r.prompt_accuracy, "iou": r.silhouette_iou}
+                                                  for p, r in zip(prompts, final)},
+               "s_per_step": statistics.median(seconds)}
+        iou_curves[method] = curve
+        rows.append(row)
+        console.print(json.dumps({k: v for k, v in row.items() if k != "iou_curve"}), highlight=False)
+    if "vsd" in iou_curves:
+        for row in rows:
+            row["steps_to_vsd_final"] = steps_to_reach(row["iou_curve"], iou_curves["vsd"][steps], higher_is_better=True)
+    return rows
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n{title}")
+    print(" | ".join(f"{c:>18}" if i else f"{c:<30}" for i, c in enumerate(columns)))
+    for r in rows:
+        cells = []
+        for i, c in enumerate(columns):
+            v = r.get(c)
+            text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+            cells.append(f"{text:>18}" if i else f"{text:<30}")
+        print(" | ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=["2d", "nerf"], default=["2d", "nerf"])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--prompts", nargs="+", help="default: per part, see PROMPTS")
+    parser.add_argument("--steps-2d", type=int, default=800)
+    parser.add_argument("--particles-2d", type=int, default=8)
+    parser.add_argument("--steps-nerf", type=int, default=1000)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    from prolificli.cli import quiet_libraries
+
+    quiet_libraries()
+    results: dict = {"args": vars(args)}
+    tables = []
+    if "2d" in args.parts:
+        rows = part_2d(args.methods, args.prompts or PROMPTS["2d"], args.steps_2d, args.particles_2d,
+                       args.eval_every, args.seed, console)
+        results["2d"] = rows
+        tables.append((f"2D mode: {args.particles_2d} image particles per prompt, {args.steps_2d} steps; "
+                        f"FID pooled over prompts against 40 ancestral samples per prompt", rows,
+                        ["method", "prompt_accuracy", "distinct", "fid", "steps_to_vsd_final", "s_per_step"]))
+    if "nerf" in args.parts:
+        rows = part_nerf(args.methods, args.prompts or PROMPTS["nerf"], args.steps_nerf, args.eval_every,
+                         args.seed, console)
+        results["nerf"] = rows
+        tables.append((f"NeRF stage: recipes/toy.yaml, {args.steps_nerf} steps, one particle per prompt", rows,
+                       ["method", "prompt_accuracy", "silhouette_iou", "depth_error", "fid", "steps_to_vsd_final",
+                        "s_per_step"]))
+    for title, rows, columns in tables:
+        print_table(title, rows, columns)
+        step_times = {r["method"]: r["s_per_step"] for r in rows if "s_per_step" in r}
+        if "vsd" in step_times and "l2vsd" in step_times:
+            print(f"L2-VSD per-step overhead over VSD: {step_times['l2vsd'] / step_times['vsd']:.2f}x "
+                  f"({step_times['vsd']:.3f} -> {step_times['l2vsd']:.3f} s)")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"methods-{'-'.join(args.parts)}.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

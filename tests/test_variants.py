@@ -96,3 +96,16 @@ def test_nerf_runs_with_each_vsd_variant(tiny_model_dir, tmp_path, method):
     assert manifest["status"] == "complete" and manifest["config"]["guidance"]["method"] == method
     metrics = [json.loads(line) for line in (out / "nerf" / "metrics.jsonl").read_text().splitlines()]
     assert all("lora_loss" in m for m in metrics)
+
+
+def test_every_shipped_recipe_loads_and_l2vsds_is_the_papers():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "recipes"
+    recipes = sorted(folder.glob("*.yaml"))
+    assert len(recipes) >= 7
+    for path in recipes:
+        build_recipe(str(path))
+    l2vsd = build_recipe(str(folder / "l2vsd.yaml"))
+    assert (l2vsd.guidance.method, l2vsd.nerf.steps, l2vsd.guidance.cfg) == ("l2vsd", 10000, 7.5)
+    assert build_recipe(str(folder / "toy-2d.yaml")).scene.representation == "image"

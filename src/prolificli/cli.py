@@ -96,9 +96,11 @@ def nerf(
                                                "with the config it started with."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory."),
 ) -> None:
-    """Optimise NeRF particles from a text prompt with VSD (or SDS): the first stage.
+    """Optimise NeRF particles from a text prompt with VSD (or --method sds, l-vsd, l2vsd, esd): the first stage.
 
     Writes RUN/nerf/ (manifest.json, checkpoint/, previews/, metrics.jsonl) and prints RUN.
+
+    With --set scene.representation=image (recipes/toy-2d.yaml) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
     from .artifacts import slugify
     from .config import build_recipe

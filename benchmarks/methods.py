@@ -18,7 +18,7 @@ Parts:
         views, silhouette IoU and depth error against the true object; at the end the FID of 30
         views at 30 deg elevation, pooled over prompts, against DDIM samples of the prior for the
         same view prompts (ProlificDreamer's 3D-FID).
-Each method runs with its own default CFG (SDS 100, the VSD family 7.5) and the same seed. Per
+Every method runs at the recipes' CFG 7.5 (SDS at CFG 100 is in benchmarks/toyworld.py) and seed. Per
 method: final metrics, seconds per step (median over the run; the optimisation step alone), and
 the steps it took to reach VSD's final quality (2D: pooled FID <= VSD's final FID; NeRF: mean IoU
 >= VSD's final mean IoU), "-" if it never did. The runs use the stage's own parts (problem,
@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--steps-nerf", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/methods-<parts>.json")
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
@@ -259,7 +260,7 @@ def main() -> None:
                 print(f"{variant} per-step time over VSD's: {step_times[variant] / step_times['vsd']:.2f}x "
                       f"({step_times['vsd']:.3f} -> {step_times[variant]:.3f} s)")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"methods-{'-'.join(args.parts)}.json"
+    out = args.out or RESULTS / f"methods-{'-'.join(args.parts)}.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")
 

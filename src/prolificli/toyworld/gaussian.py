@@ -200,8 +200,8 @@ def run(name: str, setting: Setting, record_every: int = 0) -> tuple[Distance, l
     particle = GaussianParticle(TARGET_MU + torch.tensor(setting.start_offset), 0.5 * torch.eye(DIM),
                                 setting.lr, setting.batch, generator)
     distiller = method_distiller(name, prior, particle, setting)
-    # theta's learning rate decays to zero (cosine), as in the paper's code: with one noisy sample
-    # per step a constant rate leaves q jittering around wherever the method leads it
+    # theta's learning rate decays to zero by a cosine (the paper's code decays it too): under a
+    # constant rate q keeps jittering by about one step around wherever the method leads it
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(particle.adam, T_max=setting.steps) \
         if setting.cosine_decay else None
     trajectory = []

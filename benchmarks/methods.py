@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -57,17 +58,13 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
     steps. Returns the snapshots by step, each step's seconds, and the trained problem."""
     from prolificli.optimize import optimization_step
     from prolificli.prior import load_prior
-    from prolificli.scene.image import ImageParticles
     from prolificli.stages.common import build_distiller
-    from prolificli.stages.nerf import NeRFParticles
+    from prolificli.stages.nerf import make_problem
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     prior = load_prior(recipe.prior)  # one per run: a prior carries one score model
-    if recipe.scene.representation == "image":
-        problem, encode = ImageParticles(recipe, prior, prompt, generator), (lambda x0: x0)
-    else:
-        problem, encode = NeRFParticles(recipe, prior, prompt, generator), prior.encode_images
+    problem, encode = make_problem(recipe, prior, prompt, generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     snapshots, seconds = {}, []
     with Progress(console=console, transient=True) as progress:
@@ -77,7 +74,7 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
             tic = time.perf_counter()
             logs = optimization_step(problem, encode, distiller, step, generator)
             seconds.append(time.perf_counter() - tic)
-            if not torch.isfinite(torch.tensor(logs["loss"])):
+            if not math.isfinite(logs["loss"]):
                 raise RuntimeError(f"{recipe.guidance.method} '{prompt}': loss {logs['loss']} at step {step + 1}")
             if (step + 1) % eval_every == 0 or step + 1 == recipe.nerf.steps:
                 snapshots[step + 1] = snapshot(problem)
@@ -150,8 +147,10 @@ def save_grid(images_by_prompt: dict, path: Path) -> None:
     """One row of particles per prompt, as a PNG (for looking at, not measured)."""
     from PIL import Image
 
+    from prolificli.evaluation.media import to_uint8
+
     rows = [torch.cat(list(images.permute(0, 2, 3, 1)), dim=1) for images in images_by_prompt.values()]
-    grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype("uint8")
+    grid = to_uint8(torch.cat(rows, dim=0)[None])[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
@@ -190,7 +189,7 @@ def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
                 out = render(problem.fields[0], problem.backgrounds[0], fid_cameras, prior.image_size,
                              prior.image_size, recipe.nerf.render, stratified=False)
             fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
-        mean = lambda values: statistics.mean(values)  # noqa: E731
+        mean = statistics.mean
         curve = {step: mean(reports[p][step].silhouette_iou for p in prompts) for step in reports[prompts[0]]}
         final = [reports[p][steps] for p in prompts]
         row = {"method": method, "prompt_accuracy": mean(r.prompt_accuracy for r in final),

@@ -70,6 +70,7 @@ class ImageParticles:
     @torch.no_grad()
     def preview(self, resolution: int) -> np.ndarray:
         """The particles side by side, each scaled to `resolution` (nearest: the pixels as they are)."""
+        from ..evaluation.media import to_uint8
+
         rgb = torch.nn.functional.interpolate(self.rgb(), size=(resolution, resolution), mode="nearest")
-        row = torch.cat(list(rgb.permute(0, 2, 3, 1)), dim=1)
-        return (row.cpu().numpy() * 255).round().astype(np.uint8)
+        return to_uint8(torch.cat(list(rgb.permute(0, 2, 3, 1)), dim=1)[None])[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -127,14 +128,20 @@ class NeRFParticles:
         return (grid.cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Recipe, list[tuple[NeRFField, Background]]]:
-    """The trained (field, background) of every particle of a complete NeRF stage."""
+def _complete_stage(run_dir: Path, representation: str) -> tuple[Recipe, dict[str, torch.Tensor], Path]:
+    """The recipe and checkpoint tensors of a complete NeRF stage of the given representation."""
     stage = RunDir.open(run_dir).stage(STAGE)
     recipe = from_dict(stage.require_complete(STAGE)["config"])
-    if recipe.scene.representation != "nerf":
-        raise ArtifactError(f"{stage.path} is a 2D run (scene.representation: {recipe.scene.representation}): "
-                            f"its particles are images (in {stage.path / 'images'}), not NeRFs")
-    tensors = load_checkpoint(stage.checkpoint_dir).tensors
+    actual = recipe.scene.representation
+    if actual != representation:
+        kinds = {"nerf": "a NeRF run", "image": f"a 2D run, whose particles are images (in {stage.path / 'images'})"}
+        raise ArtifactError(f"{stage.path} is {kinds[actual]}; this needs {kinds[representation].split(',')[0]}")
+    return recipe, load_checkpoint(stage.checkpoint_dir).tensors, stage.path
+
+
+def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Recipe, list[tuple[NeRFField, Background]]]:
+    """The trained (field, background) of every particle of a complete NeRF stage."""
+    recipe, tensors, _ = _complete_stage(run_dir, "nerf")
     particles = []
     for i in range(recipe.nerf.particles):
         field, background = NeRFField(recipe.nerf.field), Background(recipe.nerf.background)
@@ -146,27 +153,29 @@ def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[R
 
 def write_images(particles: ImageParticles, stage_path: Path) -> list[str]:
     """A 2D run's particles as PNGs at the prior's resolution: images/particleK.png."""
-    from PIL import Image
+    from ..evaluation.media import to_uint8, write_png
 
     (stage_path / "images").mkdir(exist_ok=True)
-    names = []
-    for i, image in enumerate(particles.rgb()):
-        names.append(f"images/particle{i}.png")
-        pixels = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(stage_path / names[-1])
+    names = [f"images/particle{i}.png" for i in range(particles.n_particles)]
+    for name, image in zip(names, to_uint8(particles.rgb().permute(0, 2, 3, 1))):
+        write_png(image, stage_path / name)
     return names
 
 
 def load_images(run_dir: Path) -> tuple[Recipe, torch.Tensor]:
     """The particles [n,3,H,W] in [0,1] of a complete 2D run, decoded by its prior."""
-    stage = RunDir.open(run_dir).stage(STAGE)
-    recipe = from_dict(stage.require_complete(STAGE)["config"])
-    if recipe.scene.representation != "image":
-        raise ArtifactError(f"{stage.path} is a NeRF run, not a 2D one (scene.representation: image)")
-    tensors = load_checkpoint(stage.checkpoint_dir).tensors
+    recipe, tensors, _ = _complete_stage(run_dir, "image")
     x0 = torch.stack([tensors[f"particle{i}.image"] for i in range(recipe.nerf.particles)])
     with torch.no_grad():
         return recipe, load_prior(recipe.prior).decode(x0).cpu()
+
+
+def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str,
+                 generator: torch.Generator) -> tuple[NeRFParticles | ImageParticles, Callable]:
+    """The particles of scene.representation and how their renders reach the prior's space."""
+    if recipe.scene.representation == "image":
+        return ImageParticles(recipe, prior, prompt, generator), lambda x0: x0  # the particles are x0 already
+    return NeRFParticles(recipe, prior, prompt, generator), prior.encode_images
 
 
 @dataclass
@@ -199,14 +208,8 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop
     console.print(f"[dim]loading prior {recipe.prior.model}[/]")
     prior = load_prior(recipe.prior)
-    finalize = None
-    if recipe.scene.representation == "image":
-        particles = ImageParticles(recipe, prior, prompt, generator)
-        encode = lambda x0: x0  # noqa: E731 -- the particles are x0 already
-        finalize = lambda: write_images(particles, stage.path)  # noqa: E731
-    else:
-        particles = NeRFParticles(recipe, prior, prompt, generator)
-        encode = prior.encode_images
+    particles, encode = make_problem(recipe, prior, prompt, generator)
+    finalize = (lambda: write_images(particles, stage.path)) if isinstance(particles, ImageParticles) else None
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cfg = recipe.nerf
     settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)

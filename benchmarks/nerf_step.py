@@ -1,22 +1,33 @@
-"""Seconds per NeRF-stage optimisation step, and peak memory, at several render resolutions.
+"""Seconds per NeRF-stage optimisation step, its parts, and peak memory, at several render resolutions.
 
 One step is what `prolific nerf` repeats 25k times: sample a camera, volume-render the particle
 (64 coarse + 32 fine samples per ray, the paper's hash grid), encode to the prior's space, the
 VSD gradient (prior with CFG + LoRA score model), the score-model update and the AdamW step.
+Per resolution it reports the seconds of each part (render: without a graph when deferred;
+distill: encode + prior + score model, less the score-model update; backward: through the
+encoder, and through the render when not deferred; replay: deferred re-render + backward; lora:
+the score-model update; step: the AdamW step of theta), the samples per ray evaluated with
+gradients, and the peak memory. With --flops, one extra untimed step counts the FLOPs of the
+prior side (encode, distill and its backward, the render deferred so that none of its work is
+counted) with torch.utils.flop_counter, and the table gives the measured step time against
+FLOPs / --peak-tflops.
 
     python benchmarks/nerf_step.py                                  # CPU, tiny random prior, 64/128/256
-    python benchmarks/nerf_step.py --device cuda --model sd21-random --resolutions 64 128 256 512
+    python benchmarks/nerf_step.py --resolutions 128 256 512        # the CPU memory check
+    python benchmarks/nerf_step.py --device cuda --model sd21-random --resolutions 64 512 --flops
 
 `--model tiny` builds the tiny random-weight model; `sd21-random` builds a UNet and VAE with
 Stable Diffusion 2.1-base's architecture and random weights (fp16 on CUDA), so timings match the
 real model without its weights. Each resolution runs in its own process, so the peak memory
-(CUDA: max allocated; CPU: max resident set) is that configuration's own.
-Prints a table and writes benchmarks/results/nerf_step.json.
+(CUDA: max allocated; CPU: max resident set) is that configuration's own; a process whose
+resident set passes --max-rss-gib is stopped and reported as such (the machine has no swap).
+Prints a table and writes benchmarks/results/nerf_step.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -63,89 +74,210 @@ def build_prior(model: str, device: str):
     return DiffusionPrior(*modules[:2], modules[2], tokenizer, scheduler, device=torch.device(device), dtype=dtype)
 
 
-def measure_one(model: str, device: str, resolution: int, method: str, steps: int, warmup: int) -> dict:
+PARTS = ("render", "distill", "backward", "replay", "lora", "step")
+# dense fp16/bf16 tensor-core peak of one H100/H200 SXM, in TFLOP/s
+DEFAULT_PEAK_TFLOPS = {"cuda": 989.0}
+
+
+class PartTimer:
+    """optimization_step's `timer`: seconds per part, synchronising CUDA around each."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.seconds = cuda, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
+
+
+def time_score_model_update(distiller, timer: PartTimer) -> None:
+    """Time VSD's score-model update (its gradient and AdamW step) as the part "lora"; it runs
+    inside the distiller's call, so "distill" is reported without it."""
+    if not hasattr(distiller, "score_model_gradient"):
+        return
+    gradient, step = distiller.score_model_gradient, distiller.optimizer.step
+
+    def timed(fn):
+        def run(*args, **kwargs):
+            with timer("lora"):
+                return fn(*args, **kwargs)
+        return run
+
+    distiller.score_model_gradient, distiller.optimizer.step = timed(gradient), timed(step)
+
+
+def measure_one(model: str, device: str, resolution: int, method: str, steps: int, warmup: int,
+                overrides: list[str], flops: bool) -> dict:
     import torch
 
     from prolificli.config import build_recipe
     from prolificli.optimize import optimization_step
+    from prolificli.render.volume import use_deferred
     from prolificli.stages.common import build_distiller
     from prolificli.stages.nerf import NeRFParticles
 
     recipe = build_recipe(None, [f"guidance.method={method}", f"nerf.resolution={resolution}",
-                                 "nerf.resolution_milestones=[]", f"prior.device={device}"])
+                                 "nerf.resolution_milestones=[]", f"prior.device={device}", *overrides])
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     prior = build_prior(model, device)
     particles = NeRFParticles(recipe, prior, "an elephant skull", generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cuda = device.startswith("cuda")
+    timer = PartTimer(cuda)
+    time_score_model_update(distiller, timer)
 
-    def step(i: int) -> None:
-        optimization_step(particles, prior.encode_images, distiller, i, generator)
+    def step(i: int) -> dict:
+        logs = optimization_step(particles, prior.encode_images, distiller, i, generator, timer=timer)
         if cuda:
             torch.cuda.synchronize()
+        return logs
 
     for i in range(warmup):
         step(i)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, parts, samples = [], [], []
     for i in range(steps):
+        timer.seconds = {}
         tic = time.perf_counter()
-        step(warmup + i)
+        logs = step(warmup + i)
         times.append(time.perf_counter() - tic)
+        seconds = dict(timer.seconds)
+        seconds["distill"] = seconds.get("distill", 0.0) - seconds.get("lora", 0.0)
+        parts.append(seconds)
+        samples.append(logs.get("samples_per_ray", float("nan")))
     if cuda:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
         memory_kind = "cuda max allocated"
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         memory_kind = "max RSS"
-    times.sort()
-    return {"model": model, "device": device, "method": method, "resolution": resolution, "steps_timed": steps,
-            "seconds_per_step_median": times[len(times) // 2], "seconds_per_step_min": times[0],
-            "peak_memory_mib": round(peak_mib, 1), "memory_kind": memory_kind}
+    order = sorted(range(steps), key=lambda k: times[k])
+    median = order[len(order) // 2]
+    row = {"model": model, "device": device, "method": method, "resolution": resolution, "steps_timed": steps,
+           "deferred": use_deferred(recipe.nerf.render, recipe.nerf.batch_size * resolution**2),
+           "seconds_per_step_median": times[median], "seconds_per_step_min": times[order[0]],
+           "part_seconds": {name: parts[median].get(name, 0.0) for name in PARTS},
+           "samples_per_ray": sum(samples) / len(samples),
+           "peak_memory_mib": round(peak_mib, 1), "memory_kind": memory_kind, "overrides": overrides}
+    if flops:
+        row["prior_side_flops"] = count_prior_flops(particles, prior, distiller, generator, warmup + steps)
+    return row
+
+
+def count_prior_flops(particles, prior, distiller, generator, step: int) -> float:
+    """FLOPs of one step's prior side: encode, the distiller (CFG pair, score-model pass and its
+    update) and the backward through the encoder, with the render deferred and left out."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    render_cfg = particles.recipe.nerf.render
+    particles.recipe.nerf.render = dataclasses.replace(render_cfg, deferred="always")
+    try:
+        view = particles.sample_view(step)
+        rendered = particles.render(0, view, step)
+        with FlopCounterMode(display=False) as counter:
+            x0 = prior.encode_images(rendered.rgb)
+            out = distiller(x0, view.cond, step, generator=generator)
+            out.loss.backward()
+    finally:
+        particles.recipe.nerf.render = render_cfg
+    return float(counter.get_total_flops())
+
+
+def run_child(cmd: list[str], max_rss_gib: float) -> tuple[int, str, str, float]:
+    """Run one measurement; stop it if its resident set passes max_rss_gib. (rc, stdout, stderr, max RSS GiB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    rss_kib = next((int(line.split()[1]) for line in status if line.startswith("VmRSS")), 0)
+            except (OSError, StopIteration):
+                rss_kib = 0
+            peak = max(peak, rss_kib / 2**20)
+            if peak > max_rss_gib:
+                proc.kill()
+                proc.wait()
+                return -9, "", f"stopped: resident set passed {max_rss_gib:g} GiB", peak
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny | sd21-random | a diffusers dir or hub id")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--method", default="vsd", choices=["vsd", "sds"])
+    parser.add_argument("--method", default="vsd", choices=["vsd", "sds", "l2vsd", "l-vsd", "esd"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per resolution")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. nerf.render.deferred=never (repeatable)")
+    parser.add_argument("--flops", action="store_true", help="count the prior side's FLOPs (one extra step)")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for the FLOPs ratio (default: 989 on CUDA)")
+    parser.add_argument("--max-rss-gib", type=float, default=20.0, help="stop a measurement past this resident set")
+    parser.add_argument("--out", type=Path, default=RESULTS / "nerf_step.json")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one resolution
     args = parser.parse_args()
 
     if args.one is not None:
-        print(json.dumps(measure_one(args.model, args.device, args.one, args.method, args.steps, args.warmup)))
+        print(json.dumps(measure_one(args.model, args.device, args.one, args.method, args.steps, args.warmup,
+                                     args.overrides, args.flops)))
         return
 
+    peak_tflops = args.peak_tflops or DEFAULT_PEAK_TFLOPS.get(args.device.split(":")[0])
     rows = []
     for resolution in args.resolutions:
         cmd = [sys.executable, __file__, "--one", str(resolution), "--model", args.model, "--device", args.device,
-               "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-            rows.append({"resolution": resolution, "error": tail[0]})
+               "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               *(["--flops"] if args.flops else []), *(f"--set={o}" for o in args.overrides)]
+        rc, stdout, stderr, peak_gib = run_child(cmd, args.max_rss_gib)
+        if rc != 0:
+            tail = stderr.strip().splitlines()[-1:] or ["?"]
+            rows.append({"resolution": resolution, "error": tail[0], "max_rss_gib_seen": round(peak_gib, 2)})
             print(f"{resolution:>5}  failed: {tail[0]}", file=sys.stderr)
             continue
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        row = json.loads(stdout.strip().splitlines()[-1])
+        if "prior_side_flops" in row and peak_tflops:
+            floor = row["prior_side_flops"] / (peak_tflops * 1e12)
+            row.update(peak_tflops=peak_tflops, floor_seconds=floor,
+                       step_over_floor=row["seconds_per_step_median"] / floor)
+        rows.append(row)
 
     print(f"\nNeRF-stage {args.method.upper()} step, model={args.model}, device={args.device}, "
-          f"{platform.processor() or platform.machine()}")
-    print(f"{'res':>5} | {'s/step (median)':>15} | {'s/step (min)':>12} | {'peak MiB':>9} | memory")
+          f"{platform.processor() or platform.machine()}" + (f", overrides {args.overrides}" if args.overrides else ""))
+    print(f"{'res':>5} | {'deferred':>8} | {'s/step':>7} | " + " | ".join(f"{p:>8}" for p in PARTS)
+          + f" | {'samples/ray':>11} | {'peak MiB':>9} | {'TFLOP':>6} | {'x floor':>7}")
     for row in rows:
         if "error" in row:
-            print(f"{row['resolution']:>5} | failed: {row['error']}")
+            print(f"{row['resolution']:>5} | failed: {row['error']} (max RSS seen {row['max_rss_gib_seen']} GiB)")
             continue
-        print(f"{row['resolution']:>5} | {row['seconds_per_step_median']:>15.3f} | "
-              f"{row['seconds_per_step_min']:>12.3f} | {row['peak_memory_mib']:>9.0f} | {row['memory_kind']}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "nerf_step.json"
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {out}")
+        flops = row.get("prior_side_flops")
+        print(f"{row['resolution']:>5} | {str(row['deferred']):>8} | {row['seconds_per_step_median']:>7.3f} | "
+              + " | ".join(f"{row['part_seconds'][p]:>8.3f}" for p in PARTS)
+              + f" | {row['samples_per_ray']:>11.1f} | {row['peak_memory_mib']:>9.0f} | "
+              + (f"{flops / 1e12:>6.2f}" if flops else f"{'-':>6}") + " | "
+              + (f"{row['step_over_floor']:>7.1f}" if "step_over_floor" in row else f"{'-':>7}"))
+    print(f"memory: {rows[0].get('memory_kind', '?') if rows else '?'}; parts are the median step's")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -104,11 +104,33 @@ class BackgroundConfig:
 
 
 @dataclass
+class OccupancyConfig:
+    """Empty-space skipping: a grid of cells over the scene box, each with an EMA of the field's
+    density; training renders skip the samples in cells whose EMA is below `threshold` (as
+    nerfacc's occupancy grid). Every update reads every cell, so a cell that fills is seen."""
+
+    enabled: bool = True
+    resolution: int = 128  # cells per axis
+    update_every: int = 16  # steps between updates of a particle's grid
+    warmup_steps: int = 256  # before this step every cell counts as occupied
+    threshold: float = 0.01  # density below which a cell is empty
+    decay: float = 0.95  # ema = max(decay * ema, density now)
+    stop_transmittance: float = 1e-4  # a ray ends where its transmittance falls below this
+
+
+@dataclass
 class VolumeRenderConfig:
     n_coarse: int = 64
     n_fine: int = 32  # importance samples drawn from the coarse weights
     near: float = 0.01  # smallest distance along a ray (cameras may sit inside a scene's bounds)
-    chunk_rays: int = 16384  # rays per chunk when rendering without gradients
+    chunk_rays: int = 16384  # rays per chunk when planning samples and rendering without gradients
+    # deferred back-propagation: render without a graph, backpropagate the prior's gradient to the
+    # image, then re-render in chunks of grad_chunk_rays with the graph. auto: when the image
+    # has more rays than one such chunk. The gradient is the same either way. (Not on/off: YAML
+    # reads those as booleans.)
+    deferred: Literal["auto", "always", "never"] = "auto"
+    grad_chunk_rays: int = 8192
+    occupancy: OccupancyConfig = _field(default_factory=OccupancyConfig)
 
 
 @dataclass

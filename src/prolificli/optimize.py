@@ -4,10 +4,11 @@ A stage supplies a `Problem` (what theta is and how to render it) and a distille
 the loop does the rest, the same for the NeRF, geometry and texture stages:
 
     view  = problem.sample_view(step)                 camera c ~ p(c), prompts with view suffix
-    image = problem.render(particle, view)            x = g(theta, c), differentiable
+    image = problem.render(particle, view)            x = g(theta, c), differentiable (or deferred)
     x0    = prior.encode_images(image.rgb)            to the prior's space (latents or pixels)
     out   = distiller(x0, view.cond, step)            w(t)(eps_prior - eps_score) -> surrogate loss
     loss  = out.loss + problem.regularization(...)    backprop into theta, one optimiser step
+    (deferred render: backprop stops at the image; image.replay() re-renders in chunks to go on)
 
 Bookkeeping (progress bar, metrics, previews, checkpoints every N steps, Ctrl-C) lives in
 `run_loop`, so a stage never re-implements it.
@@ -43,6 +44,10 @@ class View:
 class Rendered:
     rgb: torch.Tensor  # [B,3,H,W] in [0,1], channels first for the prior
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # opacity, depth, ... for regularisers
+    # a deferred render: rgb and extras are graph-less leaves, and after the loss's backward this
+    # carries their gradients on into the parameters (re-rendering in chunks with the graph)
+    replay: Callable[[], None] | None = None
+    logs: dict[str, float] = field(default_factory=dict)  # what the renderer reports (samples per ray)
 
 
 class Problem(Protocol):
@@ -64,23 +69,32 @@ class Distiller(Protocol):
 
 
 def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.Tensor], distiller: Distiller,
-                      step: int, generator: torch.Generator) -> dict[str, float]:
-    """One 3D update (and, inside a VSD distiller, one score-model update); returns scalars to log."""
-    # Algorithm 1, line 3: a random particle; it is the only one whose parameters move this step.
-    particle = int(torch.randint(problem.n_particles, (1,), generator=generator))
-    view = problem.sample_view(step)
-    rendered = problem.render(particle, view, step)
-    x0 = encode(rendered.rgb)
-    out = distiller(x0, view.cond, step, generator=generator)
-    reg_loss, reg_logs = problem.regularization(rendered, step)
-    loss = out.loss + reg_loss
-
+                      step: int, generator: torch.Generator,
+                      timer: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
+    """One 3D update (and, inside a VSD distiller, one score-model update); returns scalars to log.
+    `timer(part)`, when given, wraps each part (render, distill, backward, replay, step): benchmarks."""
+    part = timer or (lambda name: contextlib.nullcontext())
+    with part("render"):
+        # Algorithm 1, line 3: a random particle; it is the only one whose parameters move this step.
+        particle = int(torch.randint(problem.n_particles, (1,), generator=generator))
+        view = problem.sample_view(step)
+        rendered = problem.render(particle, view, step)
+    with part("distill"):
+        x0 = encode(rendered.rgb)
+        out = distiller(x0, view.cond, step, generator=generator)
+        reg_loss, reg_logs = problem.regularization(rendered, step)
+        loss = out.loss + reg_loss
     optimizer = problem.optimizer(particle)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    with part("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # a deferred render's graph ends at the image: this reaches only rgb and extras
+    if rendered.replay is not None:
+        with part("replay"):
+            rendered.replay()  # ... and this carries their gradients into theta, chunk by chunk
+    with part("step"):
+        optimizer.step()
     return {"loss": float(loss.detach()), "particle": particle, "resolution": view.resolution,
-            **out.logs, **reg_logs}
+            **out.logs, **reg_logs, **rendered.logs}
 
 
 class OptimisationFailed(Exception):

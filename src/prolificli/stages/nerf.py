@@ -22,7 +22,8 @@ from ..config import Recipe, from_dict, to_dict
 from ..optimize import Rendered, View
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
-from ..render.volume import render
+from ..render.occupancy import OccupancyGrid
+from ..render.volume import render, use_deferred
 from ..scene.image import ImageParticles
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, _prefixed, build_distiller, optimise, resume_checkpoint
@@ -65,6 +66,9 @@ class NeRFParticles:
             for field, background in zip(self.fields, self.backgrounds)
         ]
         self.prompter = Prompter(prior, prompt, recipe.camera, recipe.prior.negative_prompt)
+        occupancy = cfg.render.occupancy
+        self.grids = [OccupancyGrid(occupancy, cfg.field.bound, self.device) if occupancy.enabled else None
+                      for _ in range(cfg.particles)]
 
     # -- the Problem interface ----------------------------------------------------------------
 
@@ -79,9 +83,20 @@ class NeRFParticles:
         # random solid backgrounds stop the field from painting the object into the background
         if float(torch.rand((), generator=self.generator)) < cfg.background.random_color_prob:
             background_color = torch.rand(batch, 3, generator=self.generator).to(self.device)
-        out = render(self.fields[particle], self.backgrounds[particle], view.cameras, view.resolution,
-                     view.resolution, cfg.render, background_color=background_color, generator=self.generator)
-        return Rendered(rgb=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth})
+        field, grid = self.fields[particle], self.grids[particle]
+        logs = {}
+        if grid is not None:
+            if grid.maybe_update(field.density, step, self.generator):
+                logs["occupied_fraction"] = grid.occupied_fraction
+            if grid.last_update < 0:
+                grid = None  # still warming up: every cell counts, so skip the lookups
+        deferred = use_deferred(cfg.render, batch * view.resolution**2)
+        out = render(field, self.backgrounds[particle], view.cameras, view.resolution, view.resolution, cfg.render,
+                     background_color=background_color, generator=self.generator, occupancy=grid,
+                     deferred=deferred)
+        logs["samples_per_ray"] = out.samples_per_ray
+        return Rendered(rgb=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth},
+                        replay=out.replay, logs=logs)
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.recipe.nerf
@@ -104,15 +119,20 @@ class NeRFParticles:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
-        for i, (field, background) in enumerate(zip(self.fields, self.backgrounds)):
+        for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
             out.update({f"particle{i}.field.{k}": v for k, v in field.state_dict().items()})
             out.update({f"particle{i}.background.{k}": v for k, v in background.state_dict().items()})
+            if grid is not None:
+                out.update({f"particle{i}.occupancy.{k}": v for k, v in grid.tensors().items()})
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for i, (field, background) in enumerate(zip(self.fields, self.backgrounds)):
+        for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
             field.load_state_dict(_prefixed(tensors, f"particle{i}.field."))
             background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
+            grid_state = _prefixed(tensors, f"particle{i}.occupancy.")
+            if grid is not None and grid_state:  # a checkpoint from before occupancy grids: a fresh grid
+                grid.load_tensors(grid_state)
 
     @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:

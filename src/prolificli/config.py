@@ -78,7 +78,9 @@ class HashGridConfig:
     log2_hashmap_size: int = 19
     base_resolution: int = 16
     per_level_scale: float = 1.447269
-    backend: Literal["auto", "torch", "tcnn"] = "auto"
+    # auto: tiny-cuda-nn when it imports on a GPU, else the PyTorch grid (Triton kernels on CUDA
+    # tensors when Triton imports); torch: the PyTorch grid; triton: its Triton kernels always
+    backend: Literal["auto", "torch", "tcnn", "triton"] = "auto"
 
 
 @dataclass

@@ -18,7 +18,9 @@ loop over levels only. Measured on this project's 2-core CPU, the layout decides
 - backward scatters into the table with `torch.bincount(rows, weights=...)`, well ahead of
   `index_add_`, `index_put_(accumulate=True)` and embedding_bag's sort-based backward.
 
-`make_hash_grid` picks tiny-cuda-nn (`TcnnHashGrid`) when asked to and available.
+`make_hash_grid` picks tiny-cuda-nn (`TcnnHashGrid`) when asked to and available. On CUDA tensors
+`HashGrid` itself runs Triton kernels (`hashgrid_triton.py`) when Triton imports, the same
+arithmetic as the PyTorch path here, which stays the CPU path and their reference.
 """
 
 from __future__ import annotations
@@ -195,8 +197,21 @@ class HashGrid(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.table.dtype).clamp(0.0, 1.0)
+        if self._use_triton(x):
+            from prolificli.scene.hashgrid_triton import TritonHashGridLookup
+
+            return TritonHashGridLookup.apply(x, self.table, self.levels)
         will_backward = torch.is_grad_enabled() and (x.requires_grad or self.table.requires_grad)
         return _HashGridLookup.apply(x, self.table, self.levels, will_backward)
+
+    def _use_triton(self, x: Tensor) -> bool:
+        """backend triton: always (on CPU tensors only under TRITON_INTERPRET=1); auto: on CUDA
+        tensors when Triton imports. Not when x itself needs a gradient (the kernels write none)."""
+        if x.requires_grad and torch.is_grad_enabled():
+            return False
+        if self.cfg.backend == "triton":
+            return True
+        return self.cfg.backend == "auto" and x.is_cuda and _triton_importable()
 
 
 class TcnnHashGrid(nn.Module):
@@ -227,6 +242,14 @@ class TcnnHashGrid(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # tcnn returns half precision on most GPUs; the decoder works in float32
         return self.encoding(x.clamp(0.0, 1.0)).float()
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401  (ships with CUDA builds of torch)
+    except ImportError:
+        return False
+    return True
 
 
 def _tcnn_usable() -> bool:

@@ -121,6 +121,9 @@ def test_a_nerf_step_is_the_same_deferred_or_not(tiny_prior):
         initial = particles.fields[0].grid.table.detach().clone()
         logs = [optimization_step(particles, prior.encode_images, distiller, i, generator) for i in range(2)]
         assert not torch.equal(particles.fields[0].grid.table, initial)  # the steps did move theta
+        # the backward ran through the VAE encoder, but no frozen weight computed a gradient
+        frozen = [p for m in (prior.unet, prior.vae, prior.text_encoder) for p in m.parameters() if not p.requires_grad]
+        assert frozen and all(p.grad is None for p in frozen)
         results[mode] = ({k: v.detach().clone() for k, v in particles.tensors().items()}, logs)
         tiny_prior.unet.delete_adapters("score_model")
         tiny_prior.unet.class_embedding = None

@@ -313,3 +313,14 @@ def test_base_unet_disables_lora_and_class_embedding_and_restores_them(tiny_prio
     guided = tiny_prior.predict_eps(xt, t, emb, uncond, 3.0)
     torch.testing.assert_close(guided, pristine_uncond + 3.0 * (pristine - pristine_uncond), atol=1e-4, rtol=1e-4)
     assert unet.class_embedding is camera_mlp
+
+
+def test_text_embeddings_are_cached(tiny_model_dir):
+    """A VSD step encodes its view prompts every step: the text encoder runs once per new string."""
+    prior = load_prior(PriorConfig(model=str(tiny_model_dir), device="cpu", dtype="float32"))
+    calls = []
+    prior.text_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    first = prior.encode_prompts(["a cube, front view", "a cube, back view", "a cube, front view"])
+    again = prior.encode_prompts(["a cube, back view", "a cube, front view"])
+    assert calls == [2]  # two distinct strings, encoded together, once
+    torch.testing.assert_close(again[1], first[0])

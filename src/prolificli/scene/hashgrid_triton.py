@@ -56,8 +56,8 @@ def _corner_rows_and_weights(px, py, pz, res, size, hashed, corner: tl.constexpr
 
 
 @triton.jit
-def _forward_kernel(x_ptr, table_ptr, out_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, rows, n_levels,
-                    F: tl.constexpr, BLOCK: tl.constexpr):
+def _this_block(x_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, BLOCK: tl.constexpr):
+    """This program's level and points: (level, point indices, valid, x, y, z, the level's constants)."""
     level = tl.program_id(1)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < n
@@ -68,6 +68,14 @@ def _forward_kernel(x_ptr, table_ptr, out_ptr, res_ptr, offset_ptr, size_ptr, ha
     offset = tl.load(offset_ptr + level)
     size = tl.load(size_ptr + level)
     hashed = tl.load(hashed_ptr + level)
+    return level, idx, valid, px, py, pz, res, offset, size, hashed
+
+
+@triton.jit
+def _forward_kernel(x_ptr, table_ptr, out_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, rows, n_levels,
+                    F: tl.constexpr, BLOCK: tl.constexpr):
+    level, idx, valid, px, py, pz, res, offset, size, hashed = _this_block(
+        x_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, BLOCK)
     features = tl.arange(0, F)
     acc = tl.zeros((BLOCK, F), dtype=tl.float32)
     for corner in tl.static_range(8):
@@ -80,16 +88,8 @@ def _forward_kernel(x_ptr, table_ptr, out_ptr, res_ptr, offset_ptr, size_ptr, ha
 @triton.jit
 def _backward_kernel(x_ptr, grad_out_ptr, grad_table_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, rows,
                      n_levels, F: tl.constexpr, BLOCK: tl.constexpr):
-    level = tl.program_id(1)
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = idx < n
-    px = tl.load(x_ptr + idx * 3, mask=valid, other=0.0)
-    py = tl.load(x_ptr + idx * 3 + 1, mask=valid, other=0.0)
-    pz = tl.load(x_ptr + idx * 3 + 2, mask=valid, other=0.0)
-    res = tl.load(res_ptr + level)
-    offset = tl.load(offset_ptr + level)
-    size = tl.load(size_ptr + level)
-    hashed = tl.load(hashed_ptr + level)
+    level, idx, valid, px, py, pz, res, offset, size, hashed = _this_block(
+        x_ptr, res_ptr, offset_ptr, size_ptr, hashed_ptr, n, BLOCK)
     features = tl.arange(0, F)
     grad = tl.load(grad_out_ptr + idx[:, None] * (n_levels * F) + level * F + features[None, :],
                    mask=valid[:, None], other=0.0).to(tl.float32)

@@ -121,7 +121,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
     import torch
 
     from prolificli.config import build_recipe
-    from prolificli.optimize import optimization_step
+    from prolificli.optimize import device_generator, optimization_step
     from prolificli.render.volume import use_deferred
     from prolificli.stages.common import build_distiller
     from prolificli.stages.nerf import NeRFParticles
@@ -131,14 +131,16 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     prior = build_prior(model, device)
-    particles = NeRFParticles(recipe, prior, "an elephant skull", generator)
+    tensor_generator = device_generator(generator, prior.device)
+    particles = NeRFParticles(recipe, prior, "an elephant skull", generator, tensor_generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cuda = device.startswith("cuda")
     timer = PartTimer(cuda)
     time_score_model_update(distiller, timer)
 
     def step(i: int) -> dict:
-        logs = optimization_step(particles, prior.encode_images, distiller, i, generator, timer=timer)
+        logs = optimization_step(particles, prior.encode_images, distiller, i, generator,
+                                 tensor_generator=tensor_generator, timer=timer)
         if cuda:
             torch.cuda.synchronize()
         return logs
@@ -156,7 +158,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
         seconds = dict(timer.seconds)
         seconds["distill"] = seconds.get("distill", 0.0) - seconds.get("lora", 0.0)
         parts.append(seconds)
-        samples.append(logs.get("samples_per_ray", float("nan")))
+        samples.append(float(logs.get("samples_per_ray", float("nan"))))
     if cuda:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
         memory_kind = "cuda max allocated"
@@ -172,7 +174,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
            "samples_per_ray": sum(samples) / len(samples),
            "peak_memory_mib": round(peak_mib, 1), "memory_kind": memory_kind, "overrides": overrides}
     if flops:
-        row["prior_side_flops"] = count_prior_flops(particles, prior, distiller, generator, warmup + steps)
+        row["prior_side_flops"] = count_prior_flops(particles, prior, distiller, tensor_generator, warmup + steps)
     return row
 
 

@@ -128,7 +128,7 @@ def test_a_nerf_step_is_the_same_deferred_or_not(tiny_prior):
         tiny_prior.unet.delete_adapters("score_model")
         tiny_prior.unet.class_embedding = None
     (off, off_logs), (on, on_logs) = results["never"], results["always"]
-    assert off_logs[0]["loss"] == pytest.approx(on_logs[0]["loss"], rel=1e-5)
+    assert float(off_logs[0]["loss"]) == pytest.approx(float(on_logs[0]["loss"]), rel=1e-5)
     # the gradients agree to ~1e-6 relative; AdamW's first steps (about lr = 0.01 per element,
     # whatever the gradient's size) turn that into differences of ~1e-5 of a step at most
     for name in off:

@@ -68,11 +68,29 @@ class Distiller(Protocol):
     def __call__(self, x0: torch.Tensor, cond: Conditioning, step: int, *, generator=None) -> DistillOutput: ...
 
 
+def device_generator(host: torch.Generator, device: torch.device | str) -> torch.Generator:
+    """The generator a step's tensors (noise, timesteps, ray jitter) are drawn from.
+
+    On a GPU: a generator on that device, seeded by one draw of the host generator, so that no
+    draw is copied host-to-device (a copy from pageable memory waits for the stream). On the CPU:
+    the host generator itself, so a CPU run draws exactly the numbers it always drew. Decisions
+    the host needs (which particle, the cameras and their view prompts) stay on `host`.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return host
+    seed = int(torch.randint(2**62, (1,), generator=host))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.Tensor], distiller: Distiller,
-                      step: int, generator: torch.Generator,
+                      step: int, generator: torch.Generator, *, tensor_generator: torch.Generator | None = None,
                       timer: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
-    """One 3D update (and, inside a VSD distiller, one score-model update); returns scalars to log.
-    `timer(part)`, when given, wraps each part (render, distill, backward, replay, step): benchmarks."""
+    """One 3D update (and, inside a VSD distiller, one score-model update); returns what to log
+    (floats, and 0-dim tensors that `run_loop` reads only at logging steps).
+    `generator` makes the host's decisions; the distiller draws from `tensor_generator` (default:
+    the same generator; see `device_generator`). `timer(part)`, when given, wraps each part
+    (render, distill, backward, replay, step): benchmarks."""
     part = timer or (lambda name: contextlib.nullcontext())
     with part("render"):
         # Algorithm 1, line 3: a random particle; it is the only one whose parameters move this step.
@@ -81,7 +99,7 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
         rendered = problem.render(particle, view, step)
     with part("distill"):
         x0 = encode(rendered.rgb)
-        out = distiller(x0, view.cond, step, generator=generator)
+        out = distiller(x0, view.cond, step, generator=tensor_generator or generator)
         reg_loss, reg_logs = problem.regularization(rendered, step)
         loss = out.loss + reg_loss
     optimizer = problem.optimizer(particle)
@@ -93,7 +111,7 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
             rendered.replay()  # ... and this carries their gradients into theta, chunk by chunk
     with part("step"):
         optimizer.step()
-    return {"loss": float(loss.detach()), "particle": particle, "resolution": view.resolution,
+    return {"loss": loss.detach(), "particle": particle, "resolution": view.resolution,
             **out.logs, **reg_logs, **rendered.logs}
 
 
@@ -165,6 +183,7 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
     )
     done = start
     rate_window: list[float] = []
+    last_loss = float("nan")  # the loss last read (see below), for the progress bar
     def announce() -> None:
         console.print("Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to abort)")
 
@@ -177,20 +196,27 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
             seconds = time.perf_counter() - tic
             logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
             rate_window = (rate_window + [seconds])[-20:]
-            if not math.isfinite(logs.get("loss", 0.0)):
-                raise OptimisationFailed(f"the loss became {logs['loss']} at step {done}")
-            if done % log_every == 0 or done == steps:
-                hooks.log_metrics(done, logs)
-            if done % checkpoint_every == 0 and done < steps:
+            checkpointing = done % checkpoint_every == 0 and done < steps
+            stopping = interrupt_requested() and done < steps
+            # Reading a logged tensor waits for the GPU, so the logs are read only when they are
+            # written, and before a checkpoint: a non-finite loss is caught there at the latest
+            # (a NaN spreads to the parameters, so the step being saved shows it too).
+            if done % log_every == 0 or done == steps or checkpointing or stopping:
+                logs = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+                if not math.isfinite(logs.get("loss", 0.0)):
+                    raise OptimisationFailed(f"the loss became {logs['loss']} at step {done}")
+                last_loss = logs.get("loss", float("nan"))
+                if done % log_every == 0 or done == steps:
+                    hooks.log_metrics(done, logs)
+            if checkpointing:
                 hooks.checkpoint(done)
             if done % preview_every == 0 or done == steps:
                 hooks.preview(done)
             hooks.progress(done)
             its = len(rate_window) / max(sum(rate_window), 1e-9)
-            progress.update(task, completed=done,
-                            status=f"loss {logs.get('loss', float('nan')):.4g} {hooks.describe(done)}",
+            progress.update(task, completed=done, status=f"loss {last_loss:.4g} {hooks.describe(done)}",
                             rate=f"{its:.2f} it/s" if its >= 1 else f"{1 / its:.1f} s/it")
-            if interrupt_requested() and done < steps:
+            if stopping:
                 hooks.checkpoint(done)
                 raise Interrupted(done)
     return done

@@ -34,11 +34,12 @@ class Conditioning:
 
 @dataclass
 class DistillOutput:
-    """loss: scalar whose gradient w.r.t. x0 is grad / B; grad: the detached image-space update."""
+    """loss: scalar whose gradient w.r.t. x0 is grad / B; grad: the detached image-space update;
+    logs: floats or 0-dim tensors (read only when the loop logs them)."""
 
     loss: Tensor
     grad: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 class _SpecifiedGradient(torch.autograd.Function):
@@ -98,6 +99,7 @@ def sample_timesteps(
     return t.to(device)
 
 
-def grad_norm(grad: Tensor) -> float:
-    """Mean over the batch of each sample's gradient norm (independent of the batch size)."""
-    return grad.flatten(1).norm(dim=1).mean().item()
+def grad_norm(grad: Tensor) -> Tensor:
+    """Mean over the batch of each sample's gradient norm (independent of the batch size), 0-dim.
+    Logged values stay tensors until the loop writes them, so a GPU step need not wait for them."""
+    return grad.detach().flatten(1).norm(dim=1).mean()

@@ -46,7 +46,7 @@ class SDS:
         grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps.float())
 
         loss = surrogate_loss(x0, grad)
-        logs = {"t": t.float().mean().item(), "grad_norm": grad_norm(grad)}
+        logs = {"t": t.float().mean(), "grad_norm": grad_norm(grad)}
         return DistillOutput(loss=loss, grad=grad, logs=logs)
 
     def state_dict(self) -> dict:

@@ -38,7 +38,7 @@ class VSD:
         self.guidance_scale = cfg.cfg if cfg.cfg is not None else DEFAULT_CFG["vsd"]
         # torch's AdamW defaults otherwise (betas 0.9/0.999, weight decay 0.01), as in the official code
         self.optimizer = torch.optim.AdamW(score_model.trainable_parameters(), lr=score_cfg.lr)
-        self.extra_logs: dict[str, float] = {}  # what a variant reports of its last step
+        self.extra_logs: dict[str, Tensor] = {}  # what a variant reports of its last step
 
     def __call__(
         self,
@@ -66,9 +66,9 @@ class VSD:
         grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps_phi)
         loss = surrogate_loss(x0, grad)
 
-        logs = {"t": t.float().mean().item(), "grad_norm": grad_norm(grad)}
+        logs = {"t": t.float().mean(), "grad_norm": grad_norm(grad)}
         if lora_losses:
-            logs["lora_loss"] = sum(lora_losses) / len(lora_losses)
+            logs["lora_loss"] = torch.stack(lora_losses).mean()
         logs.update(self.extra_logs)
         return DistillOutput(loss=loss, grad=grad, logs=logs)
 
@@ -94,12 +94,12 @@ class VSD:
         return eps_phi, lora_losses
 
     def score_model_gradient(self, x0: Tensor, text_emb: Tensor, camera: Tensor,
-                             generator: torch.Generator | None) -> float:
+                             generator: torch.Generator | None) -> Tensor:
         """Eq. 8 on the renders (detached): fills the trainable parameters' .grad, returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.score_model.diffusion_loss(x0, text_emb, camera, generator=generator)
         loss.backward()
-        return loss.item()
+        return loss.detach()
 
     def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
         """What to add to eps_phi before the 3D gradient; VSD adds nothing (L2-VSD: its linear term).

@@ -107,10 +107,13 @@ def clear_stage(stage: StageDir) -> None:
 def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable[[torch.Tensor], torch.Tensor],
              generator: torch.Generator, settings: LoopSettings, *, config: Any, inputs: list,
              checkpoint: Checkpoint | None, console: Console, title: str, outputs: list[str],
-             finalize: Callable[[], list[str]] | None = None, extra: dict | None = None) -> int:
+             finalize: Callable[[], list[str]] | None = None, extra: dict | None = None,
+             tensor_generator: torch.Generator | None = None) -> int:
     """Restore from `checkpoint` (if any), run the loop to settings.steps, write the final
     checkpoint (and whatever `finalize` writes), mark the stage complete. Raises Interrupted
-    after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises."""
+    after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises.
+    `tensor_generator` (see optimize.device_generator) is checkpointed too when it is not `generator`."""
+    separate = tensor_generator is not None and tensor_generator is not generator
     start = 0
     if checkpoint is not None:
         problem.load_tensors(checkpoint.tensors)
@@ -120,6 +123,8 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
             distiller.load_state_dict({"score_model": _prefixed(checkpoint.tensors, "distiller."),
                                        "optimizer": checkpoint.optimizer_states["distiller"]})
         generator.set_state(checkpoint.tensors["rng.generator"])
+        if separate and "rng.tensor_generator" in checkpoint.tensors:  # else: a CPU run resumed on a GPU
+            tensor_generator.set_state(checkpoint.tensors["rng.tensor_generator"])
         start = checkpoint.step
         console.print(f"[dim]resuming {stage.path} from step {start}[/]")
     stage.begin(config, settings.steps, inputs=inputs, step=start)
@@ -130,6 +135,8 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
         distiller_state = distiller.state_dict()
         tensors.update({f"distiller.{k}": v for k, v in distiller_state.get("score_model", {}).items()})
         tensors["rng.generator"] = generator.get_state()
+        if separate:
+            tensors["rng.tensor_generator"] = tensor_generator.get_state()
         optimizer_states = {f"particle{i}": opt.state_dict() for i, opt in enumerate(problem.optimizers)}
         if "optimizer" in distiller_state:
             optimizer_states["distiller"] = distiller_state["optimizer"]
@@ -151,7 +158,8 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
 
     hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview,
                       log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
-    step_fn = lambda step: optimization_step(problem, encode, distiller, step, generator)  # noqa: E731
+    step_fn = lambda step: optimization_step(problem, encode, distiller, step, generator,  # noqa: E731
+                                             tensor_generator=tensor_generator)
     try:
         done = run_loop(step_fn, start=start, steps=settings.steps, hooks=hooks,
                         checkpoint_every=settings.checkpoint_every, preview_every=settings.preview_every,

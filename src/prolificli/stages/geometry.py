@@ -21,7 +21,7 @@ from ..config import Recipe, from_dict, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
-from ..optimize import OptimisationFailed, Rendered, View
+from ..optimize import OptimisationFailed, Rendered, View, device_generator
 from ..prior import load_prior
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
@@ -169,5 +169,6 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
 
     done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),
                     inputs=[extract.checkpoint_dir], checkpoint=checkpoint, console=console,
-                    title=f"geometry {cfg.guidance.method}", outputs=[], finalize=finalize)
+                    title=f"geometry {cfg.guidance.method}", outputs=[], finalize=finalize,
+                    tensor_generator=device_generator(generator, prior.device))
     return GeometryResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]))

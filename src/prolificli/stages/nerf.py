@@ -19,7 +19,7 @@ from rich.console import Console
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
 from ..cameras import orbit_cameras, sample_cameras
 from ..config import Recipe, from_dict, to_dict
-from ..optimize import Rendered, View
+from ..optimize import Rendered, View, device_generator
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
 from ..render.occupancy import OccupancyGrid
@@ -48,12 +48,14 @@ def opaque_weight(recipe: Recipe, step: int) -> float:
 class NeRFParticles:
     """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i))."""
 
-    def __init__(self, recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator):
+    def __init__(self, recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
+                 tensor_generator: torch.Generator | None = None):
         cfg = recipe.nerf
         self.recipe = recipe
         self.prior = prior
         self.prompt = prompt
-        self.generator = generator
+        self.generator = generator  # host decisions: cameras, background choice
+        self.tensor_generator = tensor_generator or generator  # ray jitter, colours, grid updates
         self.device = prior.device
         self.n_particles = cfg.particles
         self.fields = torch.nn.ModuleList([NeRFField(cfg.field) for _ in range(cfg.particles)]).to(self.device)
@@ -82,17 +84,18 @@ class NeRFParticles:
         background_color = None
         # random solid backgrounds stop the field from painting the object into the background
         if float(torch.rand((), generator=self.generator)) < cfg.background.random_color_prob:
-            background_color = torch.rand(batch, 3, generator=self.generator).to(self.device)
+            background_color = torch.rand(batch, 3, generator=self.tensor_generator,
+                                          device=self.tensor_generator.device).to(self.device)
         field, grid = self.fields[particle], self.grids[particle]
         logs = {}
         if grid is not None:
-            if grid.maybe_update(field.density, step, self.generator):
+            if grid.maybe_update(field.density, step, self.tensor_generator):
                 logs["occupied_fraction"] = grid.occupied_fraction
             if grid.last_update < 0:
                 grid = None  # still warming up: every cell counts, so skip the lookups
         deferred = use_deferred(cfg.render, batch * view.resolution**2)
         out = render(field, self.backgrounds[particle], view.cameras, view.resolution, view.resolution, cfg.render,
-                     background_color=background_color, generator=self.generator, occupancy=grid,
+                     background_color=background_color, generator=self.tensor_generator, occupancy=grid,
                      deferred=deferred)
         logs["samples_per_ray"] = out.samples_per_ray
         return Rendered(rgb=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth},
@@ -107,7 +110,7 @@ class NeRFParticles:
         o = opacity.clamp(1e-3, 1 - 1e-3)
         opaque = -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
         loss = cfg.lambda_sparsity * sparsity + opaque_weight(self.recipe, step) * opaque
-        return loss, {"sparsity": float(sparsity.detach()), "opaque": float(opaque.detach())}
+        return loss, {"sparsity": sparsity.detach(), "opaque": opaque.detach()}
 
     def optimizer(self, particle: int) -> torch.optim.Optimizer:
         return self.optimizers[particle]
@@ -190,12 +193,12 @@ def load_images(run_dir: Path) -> tuple[Recipe, torch.Tensor]:
         return recipe, load_prior(recipe.prior).decode(x0).cpu()
 
 
-def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str,
-                 generator: torch.Generator) -> tuple[NeRFParticles | ImageParticles, Callable]:
+def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
+                 tensor_generator: torch.Generator | None = None) -> tuple[NeRFParticles | ImageParticles, Callable]:
     """The particles of scene.representation and how their renders reach the prior's space."""
     if recipe.scene.representation == "image":
         return ImageParticles(recipe, prior, prompt, generator), lambda x0: x0  # the particles are x0 already
-    return NeRFParticles(recipe, prior, prompt, generator), prior.encode_images
+    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator), prior.encode_images
 
 
 @dataclass
@@ -228,7 +231,8 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop
     console.print(f"[dim]loading prior {recipe.prior.model}[/]")
     prior = load_prior(recipe.prior)
-    particles, encode = make_problem(recipe, prior, prompt, generator)
+    tensor_generator = device_generator(generator, prior.device)
+    particles, encode = make_problem(recipe, prior, prompt, generator, tensor_generator)
     finalize = (lambda: write_images(particles, stage.path)) if isinstance(particles, ImageParticles) else None
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cfg = recipe.nerf
@@ -236,5 +240,5 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     done = optimise(stage, particles, distiller, encode, generator, settings, config=to_dict(recipe),
                     inputs=[], checkpoint=checkpoint, console=console,
                     title=f"{recipe.scene.representation} {recipe.guidance.method}", outputs=[],
-                    finalize=finalize, extra={"prompt": prompt})
+                    finalize=finalize, extra={"prompt": prompt}, tensor_generator=tensor_generator)
     return NeRFResult(run.path, "complete", done, cfg.steps, float(stage.manifest["timings"]["seconds"]))

@@ -22,7 +22,7 @@ from ..config import Recipe, from_dict, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, load_mesh
-from ..optimize import Rendered, View
+from ..optimize import Rendered, View, device_generator
 from ..prior import load_prior
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
@@ -173,6 +173,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
     config = to_dict(recipe)
     done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=config,
                     inputs=inputs, checkpoint=checkpoint, console=console, title=f"texture {cfg.guidance.method}",
-                    outputs=[], finalize=finalize, extra={"mesh": source})
+                    outputs=[], finalize=finalize, extra={"mesh": source},
+                    tensor_generator=device_generator(generator, prior.device))
     return TextureResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]),
                          stage.path / "model.glb")

@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prolificli import __version__
+from prolificli.files import fsync_dir, write_bytes_atomic, write_json_atomic
 
 STATUSES = ("running", "interrupted", "complete", "failed")
 WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "weights.safetensors", "optimizer.pt", "state.json"
@@ -62,39 +62,6 @@ def _display(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Makes a rename durable; best effort, as some filesystems refuse to open or fsync directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    """Readers see either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path | str, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -358,13 +325,13 @@ def save_checkpoint(directory: Path | str, step: int, tensors: dict[str, torch.T
     for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if directory.exists():
         if old.exists():  # left by a crash after the new one was already in place
             shutil.rmtree(old)
         os.replace(directory, old)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
 

@@ -43,24 +43,33 @@ class Cameras:
         """The camera condition of VSD's score model: the flattened c2w, [B,16]."""
         return self.c2w.flatten(1)
 
+    def focal(self, height: int) -> Tensor:
+        """Focal length in pixels [B] for images `height` pixels tall."""
+        return 0.5 * height / torch.tan(0.5 * self.fovy.to(self.c2w.dtype))
+
     def rays(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """World-space rays through the pixel centres: origins and unit directions, both [B,H,W,3].
 
         Row 0 is the top of the image. The focal length in pixels follows from fovy and the height;
         pixels are square, so the horizontal field of view follows from the aspect ratio.
         """
-        device, dtype = self.c2w.device, self.c2w.dtype
-        focal = 0.5 * height / torch.tan(0.5 * self.fovy.to(dtype))  # [B]
-        j = torch.arange(width, device=device, dtype=dtype) + 0.5  # pixel-centre columns
-        i = torch.arange(height, device=device, dtype=dtype) + 0.5  # pixel-centre rows
-        u = (j - 0.5 * width)[None, None, :].expand(len(self), height, width) / focal[:, None, None]
-        v = (0.5 * height - i)[None, :, None].expand(len(self), height, width) / focal[:, None, None]
-        directions_camera = torch.stack([u, v, -torch.ones_like(u)], dim=-1)  # [B,H,W,3]
+        directions_camera = pixel_directions(self.focal(height), height, width)  # [B,H,W,3]
         rotation = self.c2w[:, :3, :3]
         directions = torch.einsum("bij,bhwj->bhwi", rotation, directions_camera)
         directions = directions / directions.norm(dim=-1, keepdim=True)
         origins = self.c2w[:, None, None, :3, 3].expand_as(directions)
         return origins, directions
+
+
+def pixel_directions(focal: Tensor, height: int, width: int) -> Tensor:
+    """Camera-frame directions [B,H,W,3] through the pixel centres, with z = -1 (OpenGL: the camera
+    looks along -z; row 0 is the top of the image); focal [B] in pixels. Not normalised."""
+    j = torch.arange(width, device=focal.device, dtype=focal.dtype) + 0.5  # pixel-centre columns
+    i = torch.arange(height, device=focal.device, dtype=focal.dtype) + 0.5  # pixel-centre rows
+    u = (j - 0.5 * width)[None, None, :] / focal[:, None, None]
+    v = (0.5 * height - i)[None, :, None] / focal[:, None, None]
+    u, v = torch.broadcast_tensors(u, v)
+    return torch.stack([u, v, -torch.ones_like(u)], dim=-1)
 
 
 def look_at(
@@ -137,6 +146,12 @@ def orbit_cameras(
     azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
     full = lambda value: torch.full((n,), float(value))
     return make_cameras(full(distance), full(fovy_deg), full(elevation_deg), azimuth)
+
+
+def evaluation_orbit(cfg: CameraConfig, views: int) -> Cameras:
+    """`views` cameras around the recipe's evaluation orbit (eval_elevation/distance/fovy): the
+    previews, the extract threshold's views and the toy world's measurements all look from it."""
+    return orbit_cameras(views, cfg.eval_elevation_deg, cfg.eval_distance, cfg.eval_fovy_deg)
 
 
 def view_suffix(cameras: Cameras, cfg: CameraConfig) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..artifacts import write_bytes_atomic
+from ..files import write_bytes_atomic
 from .frames import Frames
 
 
@@ -37,19 +37,6 @@ def contact_sheet(frames: Frames, columns: int = 8) -> np.ndarray:
     index = torch.linspace(0, len(frames) - 1, min(columns, len(frames))).round().long()
     rows = [frames.rgb[index], frames.normal[index], depth_colours(frames)[index], frames.opacity[index]]
     return np.concatenate([np.concatenate(list(to_uint8(row)), axis=1) for row in rows], axis=0)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from io import BytesIO
-
-    buffer = BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_png(image: np.ndarray, path: Path) -> Path:
-    write_bytes_atomic(path, png_bytes(image))
-    return path
 
 
 def gif_bytes(frames: np.ndarray, fps: int) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import write_bytes_atomic
+from ..files import write_bytes_atomic
 from .media import gif_bytes
 
 

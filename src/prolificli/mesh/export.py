@@ -16,7 +16,6 @@ Conventions, shared by every function here:
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import png_bytes, write_bytes_atomic
 from .mesh import Mesh, MeshError
 
 ColorFn = Callable[[Tensor], Tensor]
@@ -50,7 +50,7 @@ def z_up_to_y_up(points: np.ndarray) -> np.ndarray:
 def save_ply(mesh: Mesh, path) -> Path:
     """Binary PLY with per-vertex colours when the mesh has them. Coordinates as they are (z-up)."""
     path = Path(path)
-    _write_atomic(path, mesh.to_trimesh().export(file_type="ply"))
+    write_bytes_atomic(path, mesh.to_trimesh().export(file_type="ply"))
     return path
 
 
@@ -110,8 +110,8 @@ def save_obj(uv_mesh: UVMesh, texture: np.ndarray, path) -> list[Path]:
     """Write `name.obj`, `name.mtl` and `name.png` side by side; coordinates as they are (z-up)."""
     path = Path(path).with_suffix(".obj")
     mtl, png = path.with_suffix(".mtl"), path.with_suffix(".png")
-    _write_atomic(png, _png_bytes(texture))
-    _write_atomic(mtl, (f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
+    write_bytes_atomic(png, png_bytes(_check_texture(texture)))
+    write_bytes_atomic(mtl, (f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
                         f"map_Kd {png.name}\n").encode())
     # every vertex has its own UV, so vertex i and texture coordinate i share an index
     faces = uv_mesh.faces.cpu().numpy() + 1
@@ -120,7 +120,7 @@ def save_obj(uv_mesh: UVMesh, texture: np.ndarray, path) -> list[Path]:
     np.savetxt(text, uv_mesh.vertices.detach().cpu().numpy(), fmt="v %.8g %.8g %.8g")
     np.savetxt(text, uv_mesh.uvs.detach().cpu().numpy(), fmt="vt %.8g %.8g")
     np.savetxt(text, np.repeat(faces, 2, axis=1), fmt="f %d/%d %d/%d %d/%d")
-    _write_atomic(path, text.getvalue().encode())
+    write_bytes_atomic(path, text.getvalue().encode())
     return [path, mtl, png]
 
 
@@ -135,7 +135,7 @@ def save_glb(uv_mesh: UVMesh, texture: np.ndarray, path) -> Path:
     mesh = trimesh.Trimesh(z_up_to_y_up(uv_mesh.vertices.detach().cpu().numpy()), uv_mesh.faces.cpu().numpy(),
                            visual=visual, process=False)
     path = Path(path).with_suffix(".glb")
-    _write_atomic(path, mesh.export(file_type="glb"))
+    write_bytes_atomic(path, mesh.export(file_type="glb"))
     return path
 
 
@@ -210,22 +210,3 @@ def _check_texture(texture: np.ndarray) -> np.ndarray:
     if texture.dtype != np.uint8 or texture.ndim != 3 or texture.shape[2] not in (3, 4):
         raise MeshError(f"texture must be a uint8 [H,W,3] image, got {texture.dtype} {list(texture.shape)}")
     return texture
-
-
-def _png_bytes(texture: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(_check_texture(texture)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..cameras import Cameras, pixel_directions
 
 NEAR = 1e-3  # triangles with a vertex closer to the camera plane than this are not drawn
 
@@ -55,7 +55,7 @@ def project(camera_vertices: Tensor, focal: Tensor, height: int, width: int) -> 
 
 
 def rasterize(vertices: Tensor, faces: Tensor, cameras: Cameras, height: int, width: int) -> Rasterized:
-    focal = 0.5 * height / torch.tan(0.5 * cameras.fovy.to(vertices.dtype))
+    focal = cameras.focal(height).to(vertices.dtype)
     camera_vertices = to_camera(vertices, cameras)
     face_id = _visible_faces(camera_vertices.detach(), faces, focal.detach(), height, width)
     bary, depth = _ray_barycentrics(camera_vertices, faces, face_id, focal, height, width)
@@ -113,17 +113,6 @@ def _cross2(u: Tensor, v: Tensor) -> Tensor:
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
 
 
-def pixel_rays(focal: Tensor, height: int, width: int, dtype=torch.float32) -> Tensor:
-    """Camera-frame ray directions [B,H,W,3] through the pixel centres, with z = -1."""
-    device = focal.device
-    j = torch.arange(width, device=device, dtype=dtype) + 0.5
-    i = torch.arange(height, device=device, dtype=dtype) + 0.5
-    u = (j - 0.5 * width)[None, None, :] / focal[:, None, None]
-    v = (0.5 * height - i)[None, :, None] / focal[:, None, None]
-    u, v = torch.broadcast_tensors(u, v)
-    return torch.stack([u, v, -torch.ones_like(u)], dim=-1)
-
-
 def _ray_barycentrics(camera_vertices: Tensor, faces: Tensor, face_id: Tensor, focal: Tensor,
                       height: int, width: int) -> tuple[Tensor, Tensor]:
     batch = camera_vertices.shape[0]
@@ -133,7 +122,7 @@ def _ray_barycentrics(camera_vertices: Tensor, faces: Tensor, face_id: Tensor, f
     if not hit.any():
         return bary, depth
     b = torch.nonzero(hit, as_tuple=True)[0]
-    d = pixel_rays(focal, height, width, camera_vertices.dtype)[hit]  # [K,3]
+    d = pixel_directions(focal.to(camera_vertices.dtype), height, width)[hit]  # [K,3]
     v0, v1, v2 = (camera_vertices[b, faces[face_id[hit], k]] for k in range(3))
     e1, e2 = v1 - v0, v2 - v0
     pvec = torch.linalg.cross(d, e2)

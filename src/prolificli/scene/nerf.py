@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prolificli.config import FieldConfig, NeRFStageConfig
+from prolificli.render.volume import compositing_weights
 from prolificli.scene.hashgrid import make_hash_grid
 
 # ProlificDreamer's object-in-scene initialisation, Sec. 4.2
@@ -93,9 +94,7 @@ def albedo_across_surface(field: NeRFField, points: Tensor, normals: Tensor, hal
     x = points[:, None, :] + offsets[None, :, None] * normals[:, None, :]  # outside first
     density, albedo = field(x.reshape(-1, 3))
     density, albedo = density.reshape(-1, samples), albedo.reshape(-1, samples, 3)
-    alpha = 1 - torch.exp(-density * (2 * half_width / (samples - 1)))
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], 1), 1)
-    weights = alpha * transmittance
+    weights = compositing_weights(density, torch.full_like(density, 2 * half_width / (samples - 1)))
     total = weights.sum(1, keepdim=True)
     composited = (weights[..., None] * albedo).sum(1) / total.clamp(min=1e-8)
     return torch.where(total > 1e-4, composited, albedo[:, samples // 2])

@@ -14,12 +14,12 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 
 from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
 from ..cameras import Cameras, view_prompts
 from ..distill import ESD, L2VSD, LVSD, SDS, VSD, Conditioning, ScoreModel
+from ..files import png_bytes, write_bytes_atomic
 from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
 
 
@@ -145,9 +145,9 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
         stage.progress(step, force=True)
 
     def write_preview(step: int) -> None:
-        image = Image.fromarray(problem.preview(settings.preview_resolution))
-        image.save(stage.previews_dir / f"step-{step:06d}.png")
-        image.save(stage.previews_dir / "latest.png")
+        png = png_bytes(problem.preview(settings.preview_resolution))
+        write_bytes_atomic(stage.previews_dir / f"step-{step:06d}.png", png)
+        write_bytes_atomic(stage.previews_dir / "latest.png", png)
 
     schedule = getattr(distiller, "schedule", None)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..artifacts import RunDir, write_json_atomic
+from ..artifacts import RunDir
+from ..files import write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
 from ..config import DEFAULT_CFG, ConfigError, from_dict
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from torch import Tensor
 
 from ..artifacts import ArtifactError, RunDir, save_checkpoint
-from ..cameras import orbit_cameras
+from ..cameras import evaluation_orbit
 from ..config import ExtractConfig, Recipe, VolumeRenderConfig, to_dict
+from ..files import write_png
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh
@@ -54,8 +54,7 @@ def automatic_threshold(field, render_cfg: VolumeRenderConfig, recipe: Recipe, v
     IoU between that silhouette and the pixels the NeRF renders with opacity > 1/2, over 8 views
     of the evaluation orbit. (A density read where the rays turn opaque would be biased to the
     spikes of a hazy, noisy NeRF: its level set would be porous and too small.)"""
-    cam = recipe.camera
-    cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
+    cameras = evaluation_orbit(recipe.camera, views)
     origins, directions = (t.reshape(-1, 3) for t in cameras.rays(resolution, resolution))
     covered = render_rays(field, origins, directions, render_cfg, stratified=False)["opacity"][:, 0] > 0.5
     if not covered.any():
@@ -170,7 +169,7 @@ def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console 
         save_checkpoint(stage.checkpoint_dir, 0, surface.dmtet.tensors(), {},
                         extra={"stage": STAGE, "particle": k, "threshold": surface.threshold})
         mesh_path = save_ply(surface.mesh, stage.path / "mesh.ply")
-        Image.fromarray(preview_grid(surface.mesh, recipe)).save(stage.previews_dir / "latest.png")
+        write_png(preview_grid(surface.mesh, recipe), stage.previews_dir / "latest.png")
         info = {"threshold": surface.threshold, "vertices": len(surface.mesh.vertices),
                 "faces": len(surface.mesh.faces), "dropped_components": surface.dropped_components,
                 "grid_cells": list(surface.dmtet.grid.cells), "cell": surface.dmtet.grid.cell}

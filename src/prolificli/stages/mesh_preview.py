@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cameras import orbit_cameras
+from ..cameras import evaluation_orbit
 from ..config import MeshRenderConfig, Recipe
 from ..mesh.mesh import Mesh
 from ..render.mesh import normal_image, render_mesh, surface_colors
@@ -18,9 +18,7 @@ from ..render.mesh import normal_image, render_mesh, surface_colors
 def preview_grid(mesh: Mesh, recipe: Recipe, *, resolution: int = 128, views: int = 4,
                  color_fn: Callable[[Tensor], Tensor] | None = None) -> np.ndarray:
     """Two rows, `views` azimuths each: colour on white, camera-space normals on white. uint8 [2H, vW, 3]."""
-    cam = recipe.camera
-    cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
-    cameras = cameras.to(mesh.vertices.device)
+    cameras = evaluation_orbit(recipe.camera, views).to(mesh.vertices.device)
     cfg = MeshRenderConfig(backend="torch")
     out = render_mesh(mesh, cameras, resolution, cfg)
     white = torch.ones_like(out.position)

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
-from ..cameras import orbit_cameras, sample_cameras
+from ..cameras import evaluation_orbit, sample_cameras
 from ..config import Recipe, from_dict, to_dict
 from ..optimize import Rendered, View, device_generator
 from ..prior import DiffusionPrior, load_prior
@@ -140,8 +140,7 @@ class NeRFParticles:
     @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:
         """A grid image: one row per particle, `views` azimuths around the evaluation orbit."""
-        cam = self.recipe.camera
-        cameras = orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg).to(self.device)
+        cameras = evaluation_orbit(self.recipe.camera, views).to(self.device)
         rows = []
         for field, background in zip(self.fields, self.backgrounds):
             out = render(field, background, cameras, resolution, resolution, self.recipe.nerf.render,
@@ -176,7 +175,8 @@ def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[R
 
 def write_images(particles: ImageParticles, stage_path: Path) -> list[str]:
     """A 2D run's particles as PNGs at the prior's resolution: images/particleK.png."""
-    from ..evaluation.media import to_uint8, write_png
+    from ..evaluation.media import to_uint8
+    from ..files import write_png
 
     (stage_path / "images").mkdir(exist_ok=True)
     names = [f"images/particle{i}.png" for i in range(particles.n_particles)]

@@ -13,11 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..artifacts import RunDir, write_json_atomic
+from ..artifacts import RunDir
 from ..cameras import orbit_cameras
 from ..config import ConfigError, from_dict
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
-from ..evaluation.media import contact_sheet, to_uint8, write_gif, write_mp4, write_png
+from ..evaluation.media import contact_sheet, to_uint8, write_gif, write_mp4
+from ..files import write_json_atomic, write_png
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras, orbit_cameras
+from ..cameras import Cameras, evaluation_orbit
 from ..config import Recipe
 from ..render.volume import render
 from .data import render_object
@@ -18,8 +18,7 @@ from .shapes import SHAPES, ToyObject, parse_prompt
 
 def evaluation_cameras(recipe: Recipe, views: int = 8) -> Cameras:
     """`views` azimuths around the recipe's evaluation orbit (elevation 15 deg by default)."""
-    cam = recipe.camera
-    return orbit_cameras(views, cam.eval_elevation_deg, cam.eval_distance, cam.eval_fovy_deg)
+    return evaluation_orbit(recipe.camera, views)
 
 
 @dataclass

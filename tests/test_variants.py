@@ -109,3 +109,22 @@ def test_every_shipped_recipe_loads_and_l2vsds_is_the_papers():
     l2vsd = build_recipe(str(folder / "l2vsd.yaml"))
     assert (l2vsd.guidance.method, l2vsd.nerf.steps, l2vsd.guidance.cfg) == ("l2vsd", 10000, 7.5)
     assert build_recipe(str(folder / "toy-2d.yaml")).scene.representation == "image"
+
+
+def test_l2vsd_logs_its_term_only_for_the_step_that_computed_it(tiny_prior):
+    """The lookahead term's norm belongs to the step that made it: a later step without a phi
+    update (no gradient to look along) logs none, rather than the previous step's value."""
+    import dataclasses
+
+    from prolificli.config import LookaheadConfig
+    from prolificli.distill import L2VSD
+
+    score_cfg = ScoreModelConfig(lr=1e-3)
+    score_model = ScoreModel(tiny_prior, score_cfg)
+    l2vsd = L2VSD(tiny_prior, score_model, GuidanceConfig(), score_cfg, LookaheadConfig(eta=0.1))
+    x0, cond, _ = make_batch(tiny_prior, 1)
+    first = l2vsd(x0.clone().requires_grad_(True), cond, step=0, generator=torch.Generator().manual_seed(0))
+    assert float(first.logs["lookahead_norm"]) > 0
+    l2vsd.score_cfg = dataclasses.replace(score_cfg, train_steps=0)
+    second = l2vsd(x0.clone().requires_grad_(True), cond, step=1, generator=torch.Generator().manual_seed(1))
+    assert "lookahead_norm" not in second.logs and "lora_loss" not in second.logs

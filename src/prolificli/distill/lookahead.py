@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from prolificli.config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
 from prolificli.distill.base import grad_norm
 from prolificli.distill.score_model import ScoreModel
-from prolificli.distill.vsd import VSD
+from prolificli.distill.vsd import VSD, lora_loss_log
 
 
 def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tensor, t: Tensor, text_emb: Tensor,
@@ -55,14 +55,14 @@ def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tens
 
 class LVSD(VSD):
     def score_and_update(self, x0: Tensor, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor,
-                         generator: torch.Generator | None) -> tuple[Tensor, list[float]]:
+                         generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
         """gamma updates of phi on the render first, then eps_phi of the updated phi (Eq. 7-8)."""
         lora_losses = []
         for _ in range(self.score_cfg.train_steps):
             lora_losses.append(self.score_model_gradient(x0, text_emb, camera, generator))
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.score(x_t, t, text_emb, camera), lora_losses
+        return self.score(x_t, t, text_emb, camera), lora_loss_log(lora_losses)
 
 
 class L2VSD(VSD):
@@ -79,11 +79,11 @@ class L2VSD(VSD):
             self.lookahead_names = list(items)
         self.lookahead_params = {name: items[name] for name in self.lookahead_names}
 
-    def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
+    def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor,
+                  camera: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
         direction = {name: -self.lookahead_cfg.eta * p.grad for name, p in self.lookahead_params.items()
                      if p.grad is not None}
         if not direction:
-            return 0.0
+            return 0.0, {}
         term = linear_term(self.score_model, direction, x_t, t, text_emb, camera)
-        self.extra_logs["lookahead_norm"] = grad_norm(term)
-        return term
+        return term, {"lookahead_norm": grad_norm(term)}

@@ -27,6 +27,11 @@ from prolificli.distill.schedule import TimestepSchedule, weight
 from prolificli.distill.score_model import ScoreModel
 
 
+def lora_loss_log(losses: list[Tensor]) -> dict[str, Tensor]:
+    """The mean diffusion loss of phi's updates this step (nothing when there were none)."""
+    return {"lora_loss": torch.stack(losses).mean()} if losses else {}
+
+
 class VSD:
     def __init__(self, prior, score_model: ScoreModel, cfg: GuidanceConfig, score_cfg: ScoreModelConfig):
         self.prior = prior
@@ -38,7 +43,6 @@ class VSD:
         self.guidance_scale = cfg.cfg if cfg.cfg is not None else DEFAULT_CFG["vsd"]
         # torch's AdamW defaults otherwise (betas 0.9/0.999, weight decay 0.01), as in the official code
         self.optimizer = torch.optim.AdamW(score_model.trainable_parameters(), lr=score_cfg.lr)
-        self.extra_logs: dict[str, Tensor] = {}  # what a variant reports of its last step
 
     def __call__(
         self,
@@ -61,15 +65,12 @@ class VSD:
         x_t = self.prior.add_noise(x0.detach(), eps, t)
         with torch.no_grad():
             eps_pretrain = self.prior.predict_eps(x_t, t, cond.text_emb, cond.uncond_emb, self.guidance_scale)
-        eps_phi, lora_losses = self.score_and_update(x0, x_t, t, score_text_emb, cond.camera, generator)
+        eps_phi, update_logs = self.score_and_update(x0, x_t, t, score_text_emb, cond.camera, generator)
 
         grad = weight(self.prior, t, self.cfg.weighting) * (eps_pretrain.float() - eps_phi)
         loss = surrogate_loss(x0, grad)
 
-        logs = {"t": t.float().mean(), "grad_norm": grad_norm(grad)}
-        if lora_losses:
-            logs["lora_loss"] = torch.stack(lora_losses).mean()
-        logs.update(self.extra_logs)
+        logs = {"t": t.float().mean(), "grad_norm": grad_norm(grad), **update_logs}
         return DistillOutput(loss=loss, grad=grad, logs=logs)
 
     def score(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor:
@@ -80,18 +81,19 @@ class VSD:
             return self.score_model.eps(x_t, t, text_emb, camera)
 
     def score_and_update(self, x0: Tensor, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor,
-                         generator: torch.Generator | None) -> tuple[Tensor, list[float]]:
-        """eps_phi for the 3D gradient with the current phi, then line 6: train_steps updates of phi.
-        phi's first gradient is taken before phi moves, for `lookahead` to read."""
+                         generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """eps_phi for the 3D gradient with the current phi, then line 6: train_steps updates of phi;
+        and what to log of them. phi's first gradient is taken before phi moves, for `lookahead`."""
         eps_phi = self.score(x_t, t, text_emb, camera)
-        lora_losses = []
+        lora_losses, logs = [], {}
         for k in range(self.score_cfg.train_steps):
             lora_losses.append(self.score_model_gradient(x0, text_emb, camera, generator))
             if k == 0:
-                eps_phi = eps_phi + self.lookahead(x_t, t, text_emb, camera)
+                term, logs = self.lookahead(x_t, t, text_emb, camera)
+                eps_phi = eps_phi + term
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return eps_phi, lora_losses
+        return eps_phi, {**lora_loss_log(lora_losses), **logs}
 
     def score_model_gradient(self, x0: Tensor, text_emb: Tensor, camera: Tensor,
                              generator: torch.Generator | None) -> Tensor:
@@ -101,10 +103,11 @@ class VSD:
         loss.backward()
         return loss.detach()
 
-    def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor) -> Tensor | float:
-        """What to add to eps_phi before the 3D gradient; VSD adds nothing (L2-VSD: its linear term).
-        Called with the gradient of phi's first update in the parameters' .grad."""
-        return 0.0
+    def lookahead(self, x_t: Tensor, t: Tensor, text_emb: Tensor,
+                  camera: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """What to add to eps_phi before the 3D gradient, and what to log of it; VSD adds nothing
+        (L2-VSD: its linear term). Called with the gradient of phi's first update in the .grad."""
+        return 0.0, {}
 
     def state_dict(self) -> dict:
         return {

@@ -6,10 +6,25 @@ import math
 import pytest
 import torch
 import trimesh
+from torch import Tensor
 
 from prolificli.mesh.marching_tets import marching_tetrahedra
-from prolificli.mesh.mesh import Mesh, compact, laplacian_smoothness, normal_consistency, remove_small_components
-from prolificli.mesh.tets import signed_volumes, tet_grid
+from prolificli.mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
+from prolificli.mesh.tets import TetGrid
+
+
+# the whole box's tetrahedra and their volumes: helpers for checking TetGrid (the package uses
+# TetGrid itself)
+def tet_grid(resolution: int, bound: float = 1.0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """Vertices [(R+1)^3, 3] spanning [-bound, bound]^3 and all its tetrahedra [6 R^3, 4]."""
+    grid = TetGrid.cube(resolution, bound)
+    return grid.vertices(device), grid.tets().to(device)
+
+
+def signed_volumes(vertices: Tensor, tets: Tensor) -> Tensor:
+    """Six times the signed volume of each tetrahedron (positive: (b-a, c-a, d-a) right-handed)."""
+    a, b, c, d = (vertices[tets[:, i]] for i in range(4))
+    return torch.linalg.det(torch.stack([b - a, c - a, d - a], dim=-1))
 
 
 def as_trimesh(points, faces):
@@ -82,24 +97,6 @@ def test_empty_level_set():
     vertices, tets = tet_grid(4, 1.0)
     points, faces = marching_tetrahedra(vertices, tets, torch.ones(len(vertices)))
     assert points.shape == (0, 3) and faces.shape == (0, 3)
-
-
-def test_remove_small_components_keeps_the_large_piece():
-    big = trimesh.creation.icosphere(3, 0.4)
-    small = trimesh.creation.icosphere(1, 0.05)
-    small.apply_translation([0.8, 0, 0])
-    both = trimesh.util.concatenate([big, small])
-    mesh = Mesh(torch.tensor(both.vertices, dtype=torch.float32), torch.tensor(both.faces))
-    cleaned, dropped = remove_small_components(mesh, 0.1)
-    assert dropped == 1
-    assert len(cleaned.faces) == len(big.faces) and len(cleaned.vertices) == len(big.vertices)
-    assert as_trimesh(cleaned.vertices, cleaned.faces).is_watertight
-
-
-def test_compact_renumbers_faces():
-    mesh = Mesh(torch.rand(5, 3), torch.tensor([[4, 2, 3]]))
-    out = compact(mesh)
-    assert out.faces.tolist() == [[2, 0, 1]] and torch.equal(out.vertices, mesh.vertices[[2, 3, 4]])
 
 
 def test_regularisers_vanish_on_flat_meshes_and_grow_with_noise():

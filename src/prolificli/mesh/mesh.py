@@ -79,38 +79,6 @@ def load_mesh(path: Path) -> Mesh:
                 torch.tensor(np.asarray(loaded.faces), dtype=torch.long))
 
 
-def remove_small_components(mesh: Mesh, min_fraction: float) -> tuple[Mesh, int]:
-    """Drop connected pieces with fewer than `min_fraction` of the largest piece's faces.
-
-    Returns the cleaned mesh (unused vertices removed; indexing keeps gradients) and the number
-    of pieces dropped.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if len(mesh.faces) == 0:
-        return mesh, 0
-    n = len(mesh.vertices)
-    edges = mesh.edges().cpu().numpy()
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    count, labels = connected_components(graph, directed=False)
-    face_label = labels[mesh.faces[:, 0].cpu().numpy()]
-    sizes = np.bincount(face_label, minlength=count)
-    keep_label = sizes >= min_fraction * sizes.max()
-    dropped = int((sizes > 0).sum() - keep_label[sizes > 0].sum())
-    keep_faces = torch.from_numpy(keep_label[face_label]).to(mesh.faces.device)
-    return compact(Mesh(mesh.vertices, mesh.faces[keep_faces], mesh.colors)), dropped
-
-
-def compact(mesh: Mesh) -> Mesh:
-    """Remove vertices no face uses and renumber the faces."""
-    used = torch.zeros(len(mesh.vertices), dtype=torch.bool, device=mesh.vertices.device)
-    used[mesh.faces.reshape(-1)] = True
-    new_index = torch.cumsum(used.long(), 0) - 1
-    colors = None if mesh.colors is None else mesh.colors[used]
-    return Mesh(mesh.vertices[used], new_index[mesh.faces], colors)
-
-
 def normal_consistency(mesh: Mesh) -> Tensor:
     """Mean of 1 - cos(angle) between the normals of faces sharing an edge."""
     neighbors = mesh.face_neighbors()

@@ -76,15 +76,3 @@ class TetGrid:
             any_inside |= corner
             all_inside &= corner
         return self.tets(torch.nonzero(any_inside & ~all_inside))
-
-
-def tet_grid(resolution: int, bound: float = 1.0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-    """Vertices [(R+1)^3, 3] spanning [-bound, bound]^3 and all its tetrahedra [6 R^3, 4]."""
-    grid = TetGrid.cube(resolution, bound)
-    return grid.vertices(device), grid.tets().to(device)
-
-
-def signed_volumes(vertices: Tensor, tets: Tensor) -> Tensor:
-    """Six times the signed volume of each tetrahedron (positive: (b-a, c-a, d-a) right-handed)."""
-    a, b, c, d = (vertices[tets[:, i]] for i in range(4))
-    return torch.linalg.det(torch.stack([b - a, c - a, d - a], dim=-1))

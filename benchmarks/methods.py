@@ -147,7 +147,7 @@ def save_grid(images_by_prompt: dict, path: Path) -> None:
     """One row of particles per prompt, as a PNG (for looking at, not measured)."""
     from PIL import Image
 
-    from prolificli.evaluation.media import to_uint8
+    from prolificli.files import to_uint8
 
     rows = [torch.cat(list(images.permute(0, 2, 3, 1)), dim=1) for images in images_by_prompt.values()]
     grid = to_uint8(torch.cat(rows, dim=0)[None])[0]

@@ -71,7 +71,7 @@ def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> 
 
 
 def evaluate_run(run_dir: Path, prompt: str) -> list:
-    from prolificli.stages.nerf import load_particles
+    from prolificli.outputs import load_particles
     from prolificli.toyworld.evaluate import evaluate_particle
     from prolificli.toyworld.scorer import load_scorer
 

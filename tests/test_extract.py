@@ -14,7 +14,7 @@ from prolificli.artifacts import ArtifactError, load_checkpoint
 from prolificli.cli import app
 from prolificli.config import ExtractConfig, Recipe, VolumeRenderConfig
 from prolificli.mesh.dmtet import DMTet
-from prolificli.stages.extract import extract_surface
+from prolificli.surface import extract_surface
 from prolificli.toyworld.shapes import SCALE, ToyObject, ToyObjectField, ground_truth_mesh, signed_distance
 
 

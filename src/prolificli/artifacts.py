@@ -374,3 +374,8 @@ def load_checkpoint(directory: Path | str, map_location: str | torch.device = "c
     except Exception as exc:  # noqa: BLE001 -- any parse failure of a damaged file is the user's "corrupt" case
         raise corrupt(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return Checkpoint(step=step, tensors=tensors, optimizer_states=optimizer_states, extra=extra, path=found)
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose key starts with `prefix`, with it removed (one part of a checkpoint)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -1,5 +1,6 @@
 """Writing files so that a crash never leaves half of one: the package's one atomic write, and
-PNG encoding. Imports nothing of the package, so every layer may use it.
+images as PNG (from tensors in [0,1] via `to_uint8`). Imports nothing of the package, so every
+layer may use it.
 
 An atomic write goes to a temporary file in the same directory, is fsync-ed, renamed over the
 target (a reader sees the old file or the complete new one), and the directory is fsync-ed so
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 
 def fsync_dir(directory: Path) -> None:
@@ -50,6 +52,14 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
 
 def write_json_atomic(path: Path | str, obj: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[N,H,W,C] in [0,1] -> uint8 [N,H,W,3] (one channel is repeated)."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    if images.shape[-1] == 1:
+        images = images.expand(*images.shape[:-1], 3)
+    return (images.numpy() * 255).round().astype(np.uint8)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

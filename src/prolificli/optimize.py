@@ -21,33 +21,15 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .distill import Conditioning, DistillOutput
-
-
-@dataclass
-class View:
-    """One training view: cameras, the prompt conditioning, the render size."""
-
-    cameras: Any
-    cond: Conditioning
-    resolution: int
-
-
-@dataclass
-class Rendered:
-    rgb: torch.Tensor  # [B,3,H,W] in [0,1], channels first for the prior
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # opacity, depth, ... for regularisers
-    # a deferred render: rgb and extras are graph-less leaves, and after the loss's backward this
-    # carries their gradients on into the parameters (re-rendering in chunks with the graph)
-    replay: Callable[[], None] | None = None
-    logs: dict[str, float] = field(default_factory=dict)  # what the renderer reports (samples per ray)
+from .distill import DistillOutput
+from .step import Conditioning, Rendered, View
 
 
 class Problem(Protocol):

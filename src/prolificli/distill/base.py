@@ -13,23 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-
-@dataclass
-class Conditioning:
-    """What the diffusion models are conditioned on for one batch of renders.
-
-    text_emb:       the prompt with its view suffix (y^c in the paper), [B,L,D]; the prior's condition.
-    uncond_emb:     the negative / empty prompt, [B,L,D]; the prior's CFG baseline.
-    camera:         c2w.flatten(1), [B,16]; the score model's camera condition (VSD only).
-    score_text_emb: the prompt without the view suffix (y in Eq. 9: eps_phi(x_t, t, c, y) sees the
-                    plain prompt and the camera, the prior sees y^c), [B,L,D]; as in the official
-                    ProlificDreamer code. None: the score model uses text_emb.
-    """
-
-    text_emb: Tensor
-    uncond_emb: Tensor
-    camera: Tensor
-    score_text_emb: Tensor | None = None
+from prolificli.step import Conditioning  # noqa: F401  (what every method receives)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..artifacts import ArtifactError, RunDir, load_checkpoint
 from ..cameras import Cameras
 from ..config import MeshRenderConfig
-from ..mesh.mesh import Mesh
+from ..mesh.mesh import Mesh, fit_to_object_box
 
 STAGES = ("nerf", "extract", "geometry", "texture")
 
@@ -140,8 +140,6 @@ def textured_mesh(run: RunDir) -> tuple[Mesh, Tensor, Tensor]:
     """The texture stage's GLB where its cameras saw it: mesh, uvs, texture. A texture stage that
     painted an external mesh exported it in that mesh's own coordinates; the stage saw it centred
     and scaled into the object box, and so do we."""
-    from ..stages.texture import fit_to_object_box
-
     mesh, uvs, texture = load_textured_glb(run.stage("texture").path / "model.glb")
     source = load_checkpoint(run.stage("texture").checkpoint_dir).extra.get("mesh")
     if source not in ("geometry", "extract"):
@@ -153,7 +151,7 @@ def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, i
     """Load a stage's artifact once; the returned function renders it from any cameras."""
     run.stage(stage).require_complete(stage)
     if stage == "nerf":
-        from ..stages.nerf import load_particles
+        from ..outputs import load_particles
 
         recipe, particles = load_particles(run.path)
         if not 0 <= particle < len(particles):

@@ -25,8 +25,8 @@ def surface_of(run: RunDir, stage: str, particle: int = 0) -> Mesh:
 
     if stage != "nerf":
         return stage_mesh(run, stage)
-    from ..stages.extract import extract_surface
-    from ..stages.nerf import load_particles
+    from ..outputs import load_particles
+    from ..surface import extract_surface
 
     recipe, particles = load_particles(run.path)
     field, _ = particles[particle]

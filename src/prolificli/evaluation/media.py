@@ -10,16 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..files import write_bytes_atomic
+from ..files import to_uint8, write_bytes_atomic
 from .frames import Frames
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[N,H,W,C] in [0,1] -> uint8 [N,H,W,3] (one channel is repeated)."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    if images.shape[-1] == 1:
-        images = images.expand(*images.shape[:-1], 3)
-    return (images.numpy() * 255).round().astype(np.uint8)
 
 
 def depth_colours(frames: Frames) -> Tensor:

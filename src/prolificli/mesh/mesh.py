@@ -14,6 +14,20 @@ class MeshError(ValueError):
     """A mesh that cannot be read or used; the message is shown to the user as it is."""
 
 
+def face_neighbors(faces: Tensor) -> Tensor:
+    """[F,3]: the face across edge k = (corner k, corner k+1) of each face, -1 on an open border."""
+    n = int(faces.max()) + 1 if len(faces) else 0
+    edges = torch.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=1)  # [F,3,2]
+    keys = (edges.amin(-1) * n + edges.amax(-1)).reshape(-1)
+    order = torch.argsort(keys)
+    same = keys[order][1:] == keys[order][:-1]
+    first, second = order[:-1][same], order[1:][same]
+    neighbors = torch.full_like(keys, -1)
+    neighbors[first] = second // 3
+    neighbors[second] = first // 3
+    return neighbors.view(-1, 3)
+
+
 @dataclass
 class Mesh:
     vertices: Tensor  # [N,3]
@@ -24,8 +38,6 @@ class Mesh:
     def face_neighbors(self) -> Tensor:
         """[F,3] the face across each edge (-1 on a border); computed once per mesh."""
         if self._neighbors is None:
-            from ..render.raster import face_neighbors
-
             self._neighbors = face_neighbors(self.faces)
         return self._neighbors
 
@@ -103,3 +115,16 @@ def laplacian_smoothness(mesh: Mesh) -> Tensor:
     used = degree > 0
     offset = v[used] - total[used] / degree[used, None]
     return (offset ** 2).sum(-1).mean()
+
+
+OBJECT_RADIUS = 0.5  # an external mesh is scaled to this bounding-box half-diagonal (the NeRF init's blob)
+
+
+def fit_to_object_box(mesh: Mesh) -> tuple[Mesh, torch.Tensor, float]:
+    """Centre the bounding box at the origin and scale its half-diagonal to OBJECT_RADIUS."""
+    lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
+    centre, radius = (lo + hi) / 2, float((hi - lo).norm() / 2)
+    if radius <= 0:
+        raise MeshError("the mesh has no extent (all vertices coincide)")
+    scale = OBJECT_RADIUS / radius
+    return Mesh((mesh.vertices - centre) * scale, mesh.faces), centre, scale

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras, pixel_directions
+from ..mesh.mesh import face_neighbors
 
 NEAR = 1e-3  # triangles with a vertex closer to the camera plane than this are not drawn
 
@@ -151,20 +152,6 @@ def interpolate(values: Tensor, faces: Tensor, rast: Rasterized) -> Tensor:
     w = rast.bary[hit]  # [K,3]
     picked = sum(w[:, k : k + 1] * values[b, corners[:, k]] for k in range(3))
     return out.index_put((hit,), picked)
-
-
-def face_neighbors(faces: Tensor) -> Tensor:
-    """[F,3]: the face across edge k = (corner k, corner k+1) of each face, -1 on an open border."""
-    n = int(faces.max()) + 1 if len(faces) else 0
-    edges = torch.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=1)  # [F,3,2]
-    keys = (edges.amin(-1) * n + edges.amax(-1)).reshape(-1)
-    order = torch.argsort(keys)
-    same = keys[order][1:] == keys[order][:-1]
-    first, second = order[:-1][same], order[1:][same]
-    neighbors = torch.full_like(keys, -1)
-    neighbors[first] = second // 3
-    neighbors[second] = first // 3
-    return neighbors.view(-1, 3)
 
 
 def antialias(image: Tensor, rast: Rasterized, faces: Tensor, neighbors: Tensor | None = None) -> Tensor:

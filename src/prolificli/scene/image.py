@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..config import Recipe
-from ..distill import Conditioning
-from ..optimize import Rendered, View
+from ..files import to_uint8
+from ..step import Conditioning, Rendered, View
 
 
 class ImageParticles:
@@ -70,7 +70,5 @@ class ImageParticles:
     @torch.no_grad()
     def preview(self, resolution: int) -> np.ndarray:
         """The particles side by side, each scaled to `resolution` (nearest: the pixels as they are)."""
-        from ..evaluation.media import to_uint8
-
         rgb = torch.nn.functional.interpolate(self.rgb(), size=(resolution, resolution), mode="nearest")
         return to_uint8(torch.cat(list(rgb.permute(0, 2, 3, 1)), dim=1)[None])[0]

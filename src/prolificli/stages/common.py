@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, save_checkpoint
+from ..artifacts import (ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, prefixed,
+                         save_checkpoint)
 from ..cameras import Cameras, view_prompts
 from ..distill import ESD, L2VSD, LVSD, SDS, VSD, Conditioning, ScoreModel
 from ..files import png_bytes, write_bytes_atomic
@@ -120,7 +121,7 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
         for i, optimizer in enumerate(problem.optimizers):
             optimizer.load_state_dict(checkpoint.optimizer_states[f"particle{i}"])
         if "distiller" in checkpoint.optimizer_states:  # SDS has no state of its own
-            distiller.load_state_dict({"score_model": _prefixed(checkpoint.tensors, "distiller."),
+            distiller.load_state_dict({"score_model": prefixed(checkpoint.tensors, "distiller."),
                                        "optimizer": checkpoint.optimizer_states["distiller"]})
         generator.set_state(checkpoint.tensors["rng.generator"])
         if separate and "rng.tensor_generator" in checkpoint.tensors:  # else: a CPU run resumed on a GPU
@@ -177,7 +178,3 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
         raise
     stage.finish("complete", done, outputs=["checkpoint/weights.safetensors", "previews/latest.png", *outputs, *written])
     return done
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -19,12 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..artifacts import RunDir
-from ..files import write_json_atomic
+from ..files import to_uint8, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
 from ..config import DEFAULT_CFG, ConfigError, from_dict
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
-from ..evaluation.media import to_uint8
 
 COLUMNS = ["run", "stage", "method", "cfg", "particles", "steps", "seconds", "clip", "r_precision", "fid",
            "fd_clip", "fid_images", "chamfer_pct", "volume_iou"]

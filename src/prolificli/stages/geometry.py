@@ -133,7 +133,7 @@ class GeometryResult:
 
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
         console: Console | None = None) -> GeometryResult:
-    from .nerf import load_particles
+    from ..outputs import load_particles
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..artifacts import ArtifactError, RunDir, prefixed
 from ..cameras import evaluation_orbit, sample_cameras
 from ..config import Recipe, from_dict, to_dict
 from ..optimize import Rendered, View, device_generator
@@ -26,7 +26,7 @@ from ..render.occupancy import OccupancyGrid
 from ..render.volume import render, use_deferred
 from ..scene.image import ImageParticles
 from ..scene.nerf import NeRFField
-from .common import LoopSettings, Prompter, _prefixed, build_distiller, optimise, resume_checkpoint
+from .common import LoopSettings, Prompter, build_distiller, optimise, resume_checkpoint
 
 STAGE = "nerf"
 
@@ -131,9 +131,9 @@ class NeRFParticles:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
-            field.load_state_dict(_prefixed(tensors, f"particle{i}.field."))
-            background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
-            grid_state = _prefixed(tensors, f"particle{i}.occupancy.")
+            field.load_state_dict(prefixed(tensors, f"particle{i}.field."))
+            background.load_state_dict(prefixed(tensors, f"particle{i}.background."))
+            grid_state = prefixed(tensors, f"particle{i}.occupancy.")
             if grid is not None and grid_state:  # a checkpoint from before occupancy grids: a fresh grid
                 grid.load_tensors(grid_state)
 
@@ -150,47 +150,15 @@ class NeRFParticles:
         return (grid.cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def _complete_stage(run_dir: Path, representation: str) -> tuple[Recipe, dict[str, torch.Tensor], Path]:
-    """The recipe and checkpoint tensors of a complete NeRF stage of the given representation."""
-    stage = RunDir.open(run_dir).stage(STAGE)
-    recipe = from_dict(stage.require_complete(STAGE)["config"])
-    actual = recipe.scene.representation
-    if actual != representation:
-        kinds = {"nerf": "a NeRF run", "image": f"a 2D run, whose particles are images (in {stage.path / 'images'})"}
-        raise ArtifactError(f"{stage.path} is {kinds[actual]}; this needs {kinds[representation].split(',')[0]}")
-    return recipe, load_checkpoint(stage.checkpoint_dir).tensors, stage.path
-
-
-def load_particles(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Recipe, list[tuple[NeRFField, Background]]]:
-    """The trained (field, background) of every particle of a complete NeRF stage."""
-    recipe, tensors, _ = _complete_stage(run_dir, "nerf")
-    particles = []
-    for i in range(recipe.nerf.particles):
-        field, background = NeRFField(recipe.nerf.field), Background(recipe.nerf.background)
-        field.load_state_dict(_prefixed(tensors, f"particle{i}.field."))
-        background.load_state_dict(_prefixed(tensors, f"particle{i}.background."))
-        particles.append((field.to(device).eval(), background.to(device).eval()))
-    return recipe, particles
-
-
 def write_images(particles: ImageParticles, stage_path: Path) -> list[str]:
     """A 2D run's particles as PNGs at the prior's resolution: images/particleK.png."""
-    from ..evaluation.media import to_uint8
-    from ..files import write_png
+    from ..files import to_uint8, write_png
 
     (stage_path / "images").mkdir(exist_ok=True)
     names = [f"images/particle{i}.png" for i in range(particles.n_particles)]
     for name, image in zip(names, to_uint8(particles.rgb().permute(0, 2, 3, 1))):
         write_png(image, stage_path / name)
     return names
-
-
-def load_images(run_dir: Path) -> tuple[Recipe, torch.Tensor]:
-    """The particles [n,3,H,W] in [0,1] of a complete 2D run, decoded by its prior."""
-    recipe, tensors, _ = _complete_stage(run_dir, "image")
-    x0 = torch.stack([tensors[f"particle{i}.image"] for i in range(recipe.nerf.particles)])
-    with torch.no_grad():
-        return recipe, load_prior(recipe.prior).decode(x0).cpu()
 
 
 def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,

@@ -17,8 +17,8 @@ from ..artifacts import RunDir
 from ..cameras import orbit_cameras
 from ..config import ConfigError, from_dict
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
-from ..evaluation.media import contact_sheet, to_uint8, write_gif, write_mp4
-from ..files import write_json_atomic, write_png
+from ..evaluation.media import contact_sheet, write_gif, write_mp4
+from ..files import to_uint8, write_json_atomic, write_png
 
 
 @dataclass

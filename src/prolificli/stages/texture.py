@@ -16,23 +16,22 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..artifacts import ArtifactError, RunDir, load_checkpoint, prefixed
 from ..cameras import sample_cameras
 from ..config import Recipe, from_dict, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
-from ..mesh.mesh import Mesh, load_mesh
+from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
 from ..optimize import Rendered, View, device_generator
 from ..prior import load_prior
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
-from .common import (LoopSettings, Prompter, _prefixed, build_distiller, clear_stage, optimise, refuse_existing,
+from .common import (LoopSettings, Prompter, build_distiller, clear_stage, optimise, refuse_existing,
                      resume_checkpoint)
 from .mesh_preview import preview_grid
 
 STAGE = "texture"
-OBJECT_RADIUS = 0.5  # an external mesh is scaled to this bounding-box half-diagonal (the NeRF init's blob)
 
 
 class TextureProblem:
@@ -78,21 +77,11 @@ class TextureProblem:
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.field.load_state_dict(_prefixed(tensors, "field."))
-        self.background.load_state_dict(_prefixed(tensors, "background."))
+        self.field.load_state_dict(prefixed(tensors, "field."))
+        self.background.load_state_dict(prefixed(tensors, "background."))
 
     def preview(self, resolution: int) -> np.ndarray:
         return preview_grid(self.mesh, self.recipe, resolution=resolution, color_fn=self.field)
-
-
-def fit_to_object_box(mesh: Mesh) -> tuple[Mesh, torch.Tensor, float]:
-    """Centre the bounding box at the origin and scale its half-diagonal to OBJECT_RADIUS."""
-    lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
-    centre, radius = (lo + hi) / 2, float((hi - lo).norm() / 2)
-    if radius <= 0:
-        raise ArtifactError("the mesh has no extent (all vertices coincide)")
-    scale = OBJECT_RADIUS / radius
-    return Mesh((mesh.vertices - centre) * scale, mesh.faces), centre, scale
 
 
 def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Path], torch.Tensor, float]:
@@ -106,7 +95,7 @@ def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Pa
         manifest = stage.manifest
         if manifest is not None and manifest.get("status") == "complete":
             tensors = load_checkpoint(stage.checkpoint_dir).tensors
-            dmtet = DMTet.from_tensors(_prefixed(tensors, "dmtet.") if name == "geometry" else tensors)
+            dmtet = DMTet.from_tensors(prefixed(tensors, "dmtet.") if name == "geometry" else tensors)
             with torch.no_grad():
                 mesh = dmtet.mesh().detach()
             return mesh, name, [stage.checkpoint_dir], torch.zeros(3), 1.0

@@ -134,9 +134,11 @@ def compositing_weights(density: Tensor, deltas: Tensor) -> Tensor:
     return alpha * torch.exp(-accumulated)
 
 
-def packed_transmittance(density: Tensor, delta: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """(T_i, alpha_i), each [N], for packed samples: T_i = exp(-sum of sigma_j delta_j over the
-    samples j before i on the same ray).
+def packed_transmittance(density: Tensor, delta: Tensor, counts: Tensor,
+                         ray_index: Tensor) -> tuple[Tensor, Tensor]:
+    """(T_i, alpha_i), each [N], for packed samples (counts [R] per ray, ray_index [N] from
+    `RaySamples.ray_index`): T_i = exp(-sum of sigma_j delta_j over the samples j before i on
+    the same ray).
 
     The per-ray exclusive sum is a cumulative sum over all N samples minus its value where the
     ray starts. The global sum grows with the number of rays (millions at 512 px), where float32
@@ -146,15 +148,13 @@ def packed_transmittance(density: Tensor, delta: Tensor, counts: Tensor) -> tupl
     inclusive = torch.cumsum(optical_depth.double(), 0)
     exclusive = inclusive - optical_depth.double()
     ray_start = torch.cumsum(counts, 0) - counts  # [R] index of each ray's first sample
-    ray_index = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts,
-                                        output_size=density.shape[0])
     accumulated = (exclusive - exclusive[ray_start[ray_index]]).to(density.dtype)
     return torch.exp(-accumulated), 1 - torch.exp(-optical_depth)
 
 
-def packed_compositing_weights(density: Tensor, delta: Tensor, counts: Tensor) -> Tensor:
+def packed_compositing_weights(density: Tensor, delta: Tensor, counts: Tensor, ray_index: Tensor) -> Tensor:
     """w_i = T_i alpha_i [N] for packed samples (see `packed_transmittance`)."""
-    transmittance, alpha = packed_transmittance(density, delta, counts)
+    transmittance, alpha = packed_transmittance(density, delta, counts, ray_index)
     return transmittance * alpha
 
 
@@ -246,7 +246,7 @@ def plan_samples(
         return samples
     ray_index = samples.ray_index()
     at = origins[ray_index] + samples.t[:, None] * directions[ray_index]
-    transmittance, _ = packed_transmittance(field.density(at), samples.delta, samples.counts)
+    transmittance, _ = packed_transmittance(field.density(at), samples.delta, samples.counts, ray_index)
     return samples.select(transmittance >= occupancy.cfg.stop_transmittance)
 
 
@@ -261,7 +261,7 @@ def shade_samples(field: nn.Module, origins: Tensor, directions: Tensor,
         return zeros.expand(rays, 3), zeros, zeros
     ray_index = samples.ray_index()
     density, albedo = field(origins[ray_index] + samples.t[:, None] * directions[ray_index])
-    weights = packed_compositing_weights(density, samples.delta.to(density.dtype), samples.counts)
+    weights = packed_compositing_weights(density, samples.delta.to(density.dtype), samples.counts, ray_index)
 
     def per_ray(values: Tensor) -> Tensor:  # [N,C] -> sum over each ray's samples [R,C]
         return values.new_zeros(rays, values.shape[1]).index_add(0, ray_index, values).to(origins.dtype)

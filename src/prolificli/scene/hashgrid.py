@@ -25,6 +25,7 @@ arithmetic as the PyTorch path here, which stays the CPU path and their referenc
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -244,6 +245,7 @@ class TcnnHashGrid(nn.Module):
         return self.encoding(x.clamp(0.0, 1.0)).float()
 
 
+@functools.cache  # asked on every CUDA lookup: decide once
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401  (ships with CUDA builds of torch)

@@ -31,7 +31,7 @@ DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder"]
 
 def nerf_run(prompt: str, workdir: Path, console: Console) -> Path:
     """A NeRF run for `prompt`: the toyworld benchmark's VSD run if there is one, else a new one."""
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
     slug = prompt.replace(" ", "-")
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.evaluation.frames import load_textured_glb
     from prolificli.stages import extract, geometry, texture
     from prolificli.toyworld.evaluate import chamfer_distance, evaluate_textured_mesh, object_size

@@ -90,7 +90,7 @@ def steps_to_reach(curve: dict[int, float], target: float, higher_is_better: boo
 
 
 def part_2d(methods, prompts, steps, particles, eval_every, seed, console) -> list[dict]:
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance
     from prolificli.prior import load_prior
     from prolificli.prior.sampling import sample_images
@@ -157,7 +157,7 @@ def save_grid(images_by_prompt: dict, path: Path) -> None:
 
 def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
     from prolificli.cameras import orbit_cameras, view_prompts
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
     from prolificli.prior import load_prior
     from prolificli.render.volume import render

@@ -120,7 +120,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
                 overrides: list[str], flops: bool) -> dict:
     import torch
 
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.optimize import device_generator, optimization_step
     from prolificli.render.volume import use_deferred
     from prolificli.stages.common import build_distiller

@@ -29,9 +29,9 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 RECIPE = str(ROOT.parent / "recipes" / "toy.yaml")
-METHODS = {"sds-cfg100": ["guidance.method=sds", "guidance.cfg=100"],
-           "sds-cfg7.5": ["guidance.method=sds", "guidance.cfg=7.5"],
-           "vsd-cfg7.5": ["guidance.method=vsd", "guidance.cfg=7.5"]}
+METHODS = {"sds-cfg100": ["guidance.method=sds", "guidance.cfg_scale=100"],
+           "sds-cfg7.5": ["guidance.method=sds", "guidance.cfg_scale=7.5"],
+           "vsd-cfg7.5": ["guidance.method=vsd", "guidance.cfg_scale=7.5"]}
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus",
                    "an orange pyramid"]
 
@@ -61,7 +61,7 @@ def prior_gate(samples_per_caption: int, seed: int) -> dict:
 
 
 def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> tuple[Path, float]:
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
     recipe = build_recipe(RECIPE, overrides)

@@ -37,7 +37,7 @@ def tiny_prior(tiny_model_dir: Path):
 def tiny_nerf_run_template(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete NeRF stage (recipes/tiny.yaml, 6 VSD steps): its field is still close to the
     object-init density blob, a sphere of radius ~0.5, which is what the mesh stages need."""
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
     recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"),

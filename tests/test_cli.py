@@ -53,7 +53,7 @@ def test_nerf_end_to_end_writes_complete_artifact(tiny_model_dir, tmp_path):
     assert manifest["stage"] == "nerf" and manifest["status"] == "complete"
     assert manifest["step"] == manifest["steps"] == 6
     assert manifest["config"]["nerf"]["particles"] == 2
-    assert manifest["config"]["guidance"]["cfg"] == 7.5
+    assert manifest["config"]["guidance"]["cfg_scale"] == 7.5
     weights = load_file(out / "nerf" / "checkpoint" / "weights.safetensors")
     assert any(k.startswith("particle1.field.") for k in weights)
     assert any(k.startswith("distiller.") for k in weights)  # the VSD score model (LoRA + camera MLP)
@@ -70,14 +70,14 @@ def test_nerf_sds_json_summary(tiny_model_dir, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["status"] == "complete" and summary["step"] == 2
     manifest = json.loads((tmp_path / "sds" / "nerf" / "manifest.json").read_text())
-    assert manifest["config"]["guidance"] == {**manifest["config"]["guidance"], "method": "sds", "cfg": 100.0}
+    assert manifest["config"]["guidance"] == {**manifest["config"]["guidance"], "method": "sds", "cfg_scale": 100.0}
 
 
 def test_set_override_reaches_the_manifest(tiny_model_dir, tmp_path):
-    result = invoke(*nerf_args(tiny_model_dir, tmp_path / "r", "--set", "nerf.steps=1", "--set", "guidance.cfg=5"))
+    result = invoke(*nerf_args(tiny_model_dir, tmp_path / "r", "--set", "nerf.steps=1", "--set", "guidance.cfg_scale=5"))
     assert result.exit_code == 0, (result.stderr, result.exception)
     config = json.loads((tmp_path / "r" / "nerf" / "manifest.json").read_text())["config"]
-    assert config["nerf"]["steps"] == 1 and config["guidance"]["cfg"] == 5.0
+    assert config["nerf"]["steps"] == 1 and config["guidance"]["cfg_scale"] == 5.0
 
 
 # -- bad input: one line, exit code 2, no traceback ------------------------------------------------
@@ -92,7 +92,7 @@ def test_unknown_recipe_key_suggests_close_match(tmp_path):
 
 
 def test_bad_override_type(tmp_path):
-    assert_one_line_error(invoke("nerf", "a pineapple", "--set", "guidance.cfg=high", "--out", str(tmp_path / "x")),
+    assert_one_line_error(invoke("nerf", "a pineapple", "--set", "guidance.cfg_scale=high", "--out", str(tmp_path / "x")),
                           "guidance.cfg", "expected a number")
 
 

@@ -8,7 +8,8 @@ import torch
 
 from prolificli.cameras import sample_cameras
 from prolificli.config import (BackgroundConfig, CameraConfig, FieldConfig, HashGridConfig, OccupancyConfig,
-                               VolumeRenderConfig, build_recipe)
+                               VolumeRenderConfig)
+from prolificli.methods import build_recipe
 from prolificli.render.background import Background
 from prolificli.render.occupancy import OccupancyGrid
 from prolificli.render.volume import render

@@ -123,7 +123,7 @@ def test_sds_gradient_matches_independent_computation(tiny_prior):
     batch = 2
     x0, cond, eps = make_batch(prior, batch)
     t = torch.tensor([137, 812])
-    cfg = GuidanceConfig(cfg=7.5)
+    cfg = GuidanceConfig(cfg_scale=7.5)
 
     alpha, sigma = closed_form_alpha_sigma(prior, t)
     x_t = alpha * x0 + sigma * eps
@@ -143,7 +143,7 @@ def test_sds_gradient_matches_independent_computation(tiny_prior):
 
 def test_sds_draws_t_from_the_schedule(tiny_prior):
     x0, cond, _ = make_batch(tiny_prior, 1)
-    sds = SDS(tiny_prior, GuidanceConfig(t_min=0.3, t_max=0.31, anneal_step=10))
+    sds = SDS(tiny_prior, GuidanceConfig(t_min=0.3, t_max=0.31, anneal_step=10, cfg_scale=100.0))
     g = torch.Generator().manual_seed(0)
     ts = [sds(x0.clone().requires_grad_(True), cond, step=0, generator=g).logs["t"] for _ in range(4)]
     assert all(300 <= t <= 310 for t in ts)
@@ -208,7 +208,7 @@ def test_vsd_gradient_matches_independent_computation(tiny_prior):
     score_cfg = ScoreModelConfig(prediction_type="v_prediction")
     score_model = ScoreModel(prior, score_cfg)
     perturb_trainable(score_model)
-    vsd = VSD(prior, score_model, GuidanceConfig(cfg=7.5), score_cfg)
+    vsd = VSD(prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg)
 
     batch = 2
     x0, cond, eps = make_batch(prior, batch)
@@ -238,7 +238,7 @@ def test_vsd_uses_the_plain_prompt_for_the_score_model(tiny_prior):
     score_cfg = ScoreModelConfig(train_steps=0)
     score_model = ScoreModel(prior, score_cfg)
     perturb_trainable(score_model)
-    vsd = VSD(prior, score_model, GuidanceConfig(), score_cfg)
+    vsd = VSD(prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg)
     x0, cond, eps = make_batch(prior, 1)
     plain = torch.randn(cond.text_emb.shape, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([400])
@@ -256,7 +256,7 @@ def test_vsd_step_changes_only_lora_and_camera(tiny_prior):
     prior = tiny_prior
     score_cfg = ScoreModelConfig(lr=1e-3)
     score_model = ScoreModel(prior, score_cfg)
-    vsd = VSD(prior, score_model, GuidanceConfig(), score_cfg)
+    vsd = VSD(prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg)
     modules = {"unet": prior.unet, "vae": prior.vae, "text_encoder": prior.text_encoder}
     before = {
         (m, n): p.detach().clone() for m, module in modules.items() for n, p in module.named_parameters()
@@ -310,7 +310,7 @@ def test_camera_dropout_replaces_the_camera_with_zeros(tiny_prior):
 
 def test_vsd_state_dict_round_trip(tiny_prior, tiny_model_dir):
     score_cfg = ScoreModelConfig(lr=1e-3)
-    guidance = GuidanceConfig()
+    guidance = GuidanceConfig(cfg_scale=7.5)
     x0, cond, _ = make_batch(tiny_prior, 1)
 
     def gen(seed):
@@ -349,7 +349,7 @@ def test_separate_base_unet_leaves_the_prior_untouched(tiny_prior, tiny_model_di
 def test_vsd_on_a_pixel_prior(tiny_pixel_model_dir):
     prior = load_prior(PriorConfig(model=str(tiny_pixel_model_dir), device="cpu", dtype="float32"))
     score_cfg = ScoreModelConfig()
-    vsd = VSD(prior, ScoreModel(prior, score_cfg), GuidanceConfig(), score_cfg)
+    vsd = VSD(prior, ScoreModel(prior, score_cfg), GuidanceConfig(cfg_scale=7.5), score_cfg)
     rgb = torch.rand(1, 3, 32, 32, requires_grad=True)
     x0 = prior.encode_images(rgb)
     _, cond, _ = make_batch(prior, 1)
@@ -367,7 +367,7 @@ def test_mixed_precision_keeps_trainable_parameters_in_float32(tiny_model_dir):
     assert all(p.dtype == torch.float32 for p in score_model.trainable_parameters())
     before = score_model.trainable_state_dict()
     x0, cond, _ = make_batch(prior, 1)
-    vsd = VSD(prior, score_model, GuidanceConfig(), score_cfg)
+    vsd = VSD(prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg)
     out = vsd(x0, cond, step=0, generator=torch.Generator().manual_seed(0))
     assert out.grad.dtype == torch.float32 and torch.isfinite(out.grad).all()
     after = score_model.trainable_state_dict()

@@ -50,7 +50,7 @@ def test_linear_term_matches_central_differences(prior, last_layer_only):
     loss.backward()
     names = list(score_model.trainable_items())
     if last_layer_only:
-        distiller = L2VSD(prior, score_model, GuidanceConfig(method="l2vsd"), ScoreModelConfig(),
+        distiller = L2VSD(prior, score_model, GuidanceConfig(method="l2vsd", cfg_scale=7.5), ScoreModelConfig(),
                           LookaheadConfig(last_layer_only=True))
         names = distiller.lookahead_names
         assert 0 < len(names) < len(score_model.trainable_items())
@@ -78,7 +78,7 @@ def test_linear_term_matches_central_differences(prior, last_layer_only):
 
 def test_l2vsd_gradient_is_vsds_minus_the_weighted_linear_term(tiny_prior):
     prior = tiny_prior
-    cfg = GuidanceConfig(method="l2vsd", cfg=7.5)
+    cfg = GuidanceConfig(method="l2vsd", cfg_scale=7.5)
     score_cfg = ScoreModelConfig()
     score_model = ScoreModel(prior, score_cfg)
     perturb_trainable(score_model)

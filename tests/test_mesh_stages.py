@@ -43,7 +43,7 @@ def test_geometry_stage_moves_the_surface_and_writes_a_watertight_mesh(extracted
     stage = extracted_run / "geometry"
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["config"]["geometry"]["guidance"] == {**manifest["config"]["geometry"]["guidance"],
-                                                          "method": "sds", "cfg": 100.0}
+                                                          "method": "sds", "cfg_scale": 100.0}
     assert manifest["inputs"][0]["path"].endswith("extract/checkpoint")
     before = load_checkpoint(extracted_run / "extract" / "checkpoint").tensors["sdf"]
     after = load_checkpoint(stage / "checkpoint").tensors["dmtet.sdf"]
@@ -155,7 +155,7 @@ def test_lambert_shading_divides_the_nerfs_baked_light_out_and_puts_it_back_by_t
     normals reproduces the field."""
     import torch
 
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.mesh.dmtet import DMTet
     from prolificli.mesh.tets import TetGrid
     from prolificli.stages.geometry import GeometryProblem

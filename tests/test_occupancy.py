@@ -133,7 +133,7 @@ def test_a_cell_that_a_later_step_fills_is_marked_occupied_at_the_next_update():
 
 
 def test_the_grid_is_part_of_the_nerf_checkpoint(tiny_prior):
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.stages.nerf import NeRFParticles
 
     recipe = build_recipe(None, ["prior.device=cpu", "nerf.field.grid.n_levels=4", "nerf.field.grid.log2_hashmap_size=12",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prolificli.config import build_recipe
+from prolificli.methods import build_recipe
 from prolificli.optimize import Interrupted, device_generator
 
 TINY_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml")

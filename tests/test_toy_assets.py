@@ -77,7 +77,7 @@ def test_toy_recipe_end_to_end(tmp_path):
 
 
 def test_the_toy_recipes_geometry_light_is_the_toy_worlds():
-    from prolificli.config import build_recipe
+    from prolificli.methods import build_recipe
     from prolificli.toyworld.shapes import AMBIENT, LIGHT_DIRECTION
 
     recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml"))

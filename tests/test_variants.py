@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prolificli.config import ConfigError, ESDConfig, GuidanceConfig, ScoreModelConfig, build_recipe
+from prolificli.config import ConfigError, ESDConfig, GuidanceConfig, ScoreModelConfig
+from prolificli.methods import build_recipe
 from prolificli.distill import ESD, LVSD, VSD, ScoreModel
 from test_cli import TINY_RECIPE, invoke
 from test_distill import closed_form_alpha_sigma, make_batch, perturb_trainable
@@ -15,7 +16,7 @@ from test_distill import closed_form_alpha_sigma, make_batch, perturb_trainable
 def run_from(distiller_cls, score_model, initial, score_cfg, x0, cond, t, eps, **kwargs):
     """Reset phi to `initial`, run one distillation step with a fixed seed; the gradient and phi after."""
     score_model.load_trainable_state_dict(initial)
-    distiller = distiller_cls(score_model.prior, score_model, GuidanceConfig(cfg=7.5), score_cfg, **kwargs)
+    distiller = distiller_cls(score_model.prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg, **kwargs)
     out = distiller(x0, cond, step=0, t=t, eps=eps, generator=torch.Generator().manual_seed(11))
     return out.grad, score_model.trainable_state_dict()
 
@@ -81,7 +82,7 @@ def test_esd_needs_camera_dropout():
         build_recipe(None, ["guidance.method=esd", "score_model.camera_dropout=0"])
     with pytest.raises(ConfigError, match="camera_embedding"):
         build_recipe(None, ["texture.guidance.method=esd", "score_model.camera_embedding=false"])
-    assert build_recipe(None, ["guidance.method=esd"]).guidance.cfg == 7.5
+    assert build_recipe(None, ["guidance.method=esd"]).guidance.cfg_scale == 7.5
 
 
 @pytest.mark.parametrize("method", ["l-vsd", "esd", "l2vsd"])
@@ -107,7 +108,7 @@ def test_every_shipped_recipe_loads_and_l2vsds_is_the_papers():
     for path in recipes:
         build_recipe(str(path))
     l2vsd = build_recipe(str(folder / "l2vsd.yaml"))
-    assert (l2vsd.guidance.method, l2vsd.nerf.steps, l2vsd.guidance.cfg) == ("l2vsd", 10000, 7.5)
+    assert (l2vsd.guidance.method, l2vsd.nerf.steps, l2vsd.guidance.cfg_scale) == ("l2vsd", 10000, 7.5)
     assert build_recipe(str(folder / "toy-2d.yaml")).scene.representation == "image"
 
 
@@ -121,7 +122,7 @@ def test_l2vsd_logs_its_term_only_for_the_step_that_computed_it(tiny_prior):
 
     score_cfg = ScoreModelConfig(lr=1e-3)
     score_model = ScoreModel(tiny_prior, score_cfg)
-    l2vsd = L2VSD(tiny_prior, score_model, GuidanceConfig(), score_cfg, LookaheadConfig(eta=0.1))
+    l2vsd = L2VSD(tiny_prior, score_model, GuidanceConfig(cfg_scale=7.5), score_cfg, LookaheadConfig(eta=0.1))
     x0, cond, _ = make_batch(tiny_prior, 1)
     first = l2vsd(x0.clone().requires_grad_(True), cond, step=0, generator=torch.Generator().manual_seed(0))
     assert float(first.logs["lookahead_norm"]) > 0

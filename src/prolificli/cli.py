@@ -16,6 +16,10 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .config import GuidanceConfig
+from .methods import build_recipe, methods_help
+
+DEFAULT_METHOD = GuidanceConfig.method
 
 app = typer.Typer(
     name="prolific",
@@ -80,9 +84,10 @@ def nerf(
                                               "ProlificDreamer settings."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="Override any recipe key, e.g. --set nerf.steps=2000 "
-                                             "--set guidance.cfg=5 (repeatable, validated)."),
+                                             "--set guidance.cfg_scale=5 (repeatable, validated)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. Default: runs/<prompt-slug>."),
-    method: Optional[str] = typer.Option(None, "--method", help="vsd (default), l2vsd, l-vsd, esd or sds; same as --set guidance.method=."),
+    method: Optional[str] = typer.Option(None, "--method", help=f"{methods_help()}. Default {DEFAULT_METHOD}; "
+                                                                "same as --set guidance.method=."),
     particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1,
                                             help="Number of VSD particles (n NeRFs sharing one score model)."),
     model: Optional[str] = typer.Option(None, "--model", "-m",
@@ -96,14 +101,13 @@ def nerf(
                                                "with the config it started with."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory."),
 ) -> None:
-    """Optimise NeRF particles from a text prompt with VSD (or --method sds, l-vsd, l2vsd, esd): the first stage.
+    """Optimise NeRF particles from a text prompt by score distillation (VSD unless --method): the first stage.
 
     Writes RUN/nerf/ (manifest.json, checkpoint/, previews/, metrics.jsonl) and prints RUN.
 
     With --set scene.representation=image (recipes/toy-2d.yaml) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
     from .artifacts import slugify
-    from .config import build_recipe
     from .optimize import Interrupted, OptimisationFailed
     from .stages import nerf as nerf_stage
 
@@ -160,7 +164,6 @@ def run_dir_argument(run: Optional[Path]) -> Path:
 def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str]):
     """The run's own resolved recipe (from its NeRF stage) <- --recipe <- --set."""
     from .artifacts import RunDir
-    from .config import build_recipe
 
     manifest = RunDir.open(run).stage("nerf").require_complete("nerf")
     return build_recipe(recipe, overrides, base=manifest["config"])
@@ -169,7 +172,6 @@ def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str]):
 def texture_recipe(run: Path, recipe: Optional[str], overrides: list[str], prompt: Optional[str]):
     """As `stage_recipe`, except that texturing a mesh file may start a run without a NeRF stage."""
     from .artifacts import RunDir
-    from .config import build_recipe
 
     if not (run / "run.json").exists():
         if prompt is None:

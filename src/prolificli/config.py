@@ -139,8 +139,8 @@ class VolumeRenderConfig:
 class GuidanceConfig:
     """Which distillation method, and its timestep and weighting schedule."""
 
-    method: Literal["vsd", "sds", "l-vsd", "l2vsd", "esd"] = "vsd"
-    cfg: float | None = None  # CFG scale of the prior; None: the method's own (7.5 VSD, 100 SDS)
+    method: str = "vsd"  # a name in methods.METHODS (vsd, l2vsd, l-vsd, esd, sds); build_recipe checks it
+    cfg_scale: float | None = None  # the prior's classifier-free guidance scale; None: the method's own
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_annealed: float = 0.5  # after anneal_step, t ~ U(t_min, t_max_annealed)
@@ -227,7 +227,7 @@ class MeshRenderConfig:
 
 
 def _sds_guidance() -> GuidanceConfig:
-    return GuidanceConfig(method="sds", cfg=100.0)
+    return GuidanceConfig(method="sds")
 
 
 @dataclass
@@ -366,10 +366,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported setting type {_type_name(tp)}")  # a schema bug, not user error
 
 
+# settings that were renamed: (section class, old name) -> new name; the error for the old name
+# says so, and `upgrade_stored` renames them in configs stored by earlier versions
+RENAMED = {(GuidanceConfig, "cfg"): "cfg_scale"}  # 0.1.0: guidance.cfg
+
+
 def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    where = f"{prefix}.{name}" if prefix else name
+    if (cls, name) in RENAMED:
+        new = RENAMED[cls, name]
+        return ConfigError(f"'{where}' is now '{prefix + '.' if prefix else ''}{new}'")
     valid = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, valid, n=1)
-    where = f"{prefix}.{name}" if prefix else name
     hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
     return ConfigError(f"unknown setting '{where}'{hint}")
 
@@ -451,19 +459,29 @@ def load_recipe_dict(name_or_path: str) -> dict:
     return data
 
 
-# ProlificDreamer Sec. 5 / DreamFusion; the VSD variants keep VSD's scale
-DEFAULT_CFG = {"vsd": 7.5, "l-vsd": 7.5, "l2vsd": 7.5, "esd": 7.5, "sds": 100.0}
+def upgrade_stored(data: dict, cls: type = Recipe) -> dict:
+    """A config stored in a manifest by an earlier version, with renamed settings (RENAMED) under
+    their new names; everything else as it was."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in data.items():
+        new = RENAMED.get((cls, name), name)
+        tp = hints.get(new)
+        out[new] = upgrade_stored(value, tp) if dataclasses.is_dataclass(tp) and isinstance(value, dict) else value
+    return out
 
 
-def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+def stored_recipe(data: dict) -> Recipe:
+    """The recipe a manifest recorded (resolved when it was written), in today's schema."""
+    return from_dict(upgrade_stored(data))
+
+
+def merge_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
                  base: dict | None = None) -> Recipe:
-    """Defaults <- `base` (a previous stage's resolved config) <- recipe file <- each `--set` in
-    order; validated at every layer.
-
-    Settings whose default depends on another (the CFG scale on the method) are filled in here,
-    so the resolved recipe stored in a manifest holds plain numbers.
-    """
-    data: dict = dict(base or {})
+    """Defaults <- `base` (a previous stage's stored config) <- recipe file <- each `--set` in
+    order; validated at every layer. Settings that depend on the method are left as given:
+    `methods.build_recipe` resolves them."""
+    data: dict = upgrade_stored(base) if base else {}
     if recipe:
         recipe_data = load_recipe_dict(recipe)
         from_dict(recipe_data)  # report a bad recipe key against the recipe, before any override
@@ -472,12 +490,4 @@ def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ..
         override = parse_override(text)
         from_dict(override)  # report a bad override on its own
         data = merge(data, override)
-    resolved = from_dict(data)
-    score_model = resolved.score_model
-    for guidance in (resolved.guidance, resolved.geometry.guidance, resolved.texture.guidance):
-        if guidance.cfg is None:
-            guidance.cfg = DEFAULT_CFG[guidance.method]
-        if guidance.method == "esd" and not (score_model.camera_embedding and score_model.camera_dropout > 0):
-            raise ConfigError("ESD mixes in the score model's camera-free prediction, which it learns only with "
-                              "score_model.camera_embedding: true and score_model.camera_dropout > 0")
-    return resolved
+    return from_dict(data)

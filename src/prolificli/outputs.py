@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import ArtifactError, RunDir, load_checkpoint, prefixed
-from .config import Recipe, from_dict
+from .config import Recipe, stored_recipe
 from .prior import load_prior
 from .render.background import Background
 from .scene.nerf import NeRFField
@@ -19,7 +19,7 @@ from .scene.nerf import NeRFField
 def complete_nerf_stage(run_dir: Path, representation: str) -> tuple[Recipe, dict[str, torch.Tensor], Path]:
     """The recipe and checkpoint tensors of a complete NeRF stage of the given representation."""
     stage = RunDir.open(run_dir).stage("nerf")
-    recipe = from_dict(stage.require_complete("nerf")["config"])
+    recipe = stored_recipe(stage.require_complete("nerf")["config"])
     actual = recipe.scene.representation
     if actual != representation:
         kinds = {"nerf": "a NeRF run", "image": f"a 2D run, whose particles are images (in {stage.path / 'images'})"}

@@ -16,6 +16,14 @@ from torch import Tensor
 from prolificli.step import Conditioning  # noqa: F401  (what every method receives)
 
 
+def resolved_cfg_scale(guidance) -> float:
+    """The guidance config's CFG scale, which `methods.build_recipe` fills in from the method table."""
+    if guidance.cfg_scale is None:
+        raise ValueError(f"guidance.cfg_scale is unset: build the recipe with methods.build_recipe (which "
+                         f"fills in {guidance.method}'s default) or give the scale")
+    return float(guidance.cfg_scale)
+
+
 @dataclass
 class DistillOutput:
     """loss: scalar whose gradient w.r.t. x0 is grad / B; grad: the detached image-space update;

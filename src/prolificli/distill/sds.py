@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import DEFAULT_CFG, GuidanceConfig
-from prolificli.distill.base import Conditioning, DistillOutput, grad_norm, sample_noise, surrogate_loss
+from prolificli.config import GuidanceConfig
+from prolificli.distill.base import (Conditioning, DistillOutput, grad_norm, resolved_cfg_scale, sample_noise,
+                                     surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 
 
@@ -22,8 +23,7 @@ class SDS:
         self.prior = prior
         self.cfg = cfg
         self.schedule = TimestepSchedule(cfg, prior.num_train_timesteps)
-        # an unresolved recipe (cfg: None) means the method's own scale
-        self.guidance_scale = cfg.cfg if cfg.cfg is not None else DEFAULT_CFG["sds"]
+        self.guidance_scale = resolved_cfg_scale(cfg)
 
     def __call__(
         self,

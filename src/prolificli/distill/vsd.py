@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import DEFAULT_CFG, GuidanceConfig, ScoreModelConfig
-from prolificli.distill.base import Conditioning, DistillOutput, grad_norm, sample_noise, surrogate_loss
+from prolificli.config import GuidanceConfig, ScoreModelConfig
+from prolificli.distill.base import (Conditioning, DistillOutput, grad_norm, resolved_cfg_scale, sample_noise,
+                                     surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 from prolificli.distill.score_model import ScoreModel
 
@@ -39,8 +40,7 @@ class VSD:
         self.cfg = cfg
         self.score_cfg = score_cfg
         self.schedule = TimestepSchedule(cfg, prior.num_train_timesteps)
-        # an unresolved recipe (cfg: None) means the method's own scale
-        self.guidance_scale = cfg.cfg if cfg.cfg is not None else DEFAULT_CFG["vsd"]
+        self.guidance_scale = resolved_cfg_scale(cfg)
         # torch's AdamW defaults otherwise (betas 0.9/0.999, weight decay 0.01), as in the official code
         self.optimizer = torch.optim.AdamW(score_model.trainable_parameters(), lr=score_cfg.lr)
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from ..artifacts import (ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, prefixed,
                          save_checkpoint)
 from ..cameras import Cameras, view_prompts
-from ..distill import ESD, L2VSD, LVSD, SDS, VSD, Conditioning, ScoreModel
+from ..distill import Conditioning
 from ..files import png_bytes, write_bytes_atomic
 from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
 
@@ -81,21 +81,6 @@ def refuse_existing(stage: StageDir, command: str, run_path) -> None:
     hint = "pass --force to start it again" if status == "complete" else \
         f"continue it with `prolific {command} --resume {run_path}` or pass --force to start again"
     raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
-
-
-def build_distiller(guidance, recipe, prior):
-    """The distiller of one stage's guidance.method; every method but SDS gets a new LoRA score
-    model of the recipe's settings."""
-    if guidance.method == "sds":
-        return SDS(prior, guidance)
-    score_model = ScoreModel(prior, recipe.score_model)
-    if guidance.method == "l-vsd":
-        return LVSD(prior, score_model, guidance, recipe.score_model)
-    if guidance.method == "l2vsd":
-        return L2VSD(prior, score_model, guidance, recipe.score_model, recipe.lookahead)
-    if guidance.method == "esd":
-        return ESD(prior, score_model, guidance, recipe.score_model, recipe.esd)
-    return VSD(prior, score_model, guidance, recipe.score_model)
 
 
 def clear_stage(stage: StageDir) -> None:

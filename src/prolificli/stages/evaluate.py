@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..artifacts import RunDir
 from ..files import to_uint8, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
-from ..config import DEFAULT_CFG, ConfigError, from_dict
+from ..config import ConfigError, stored_recipe
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
 
@@ -54,9 +54,9 @@ def describe(run: RunDir, stage: str, label: str) -> dict:
     """What the run is, from its manifests: the columns before the metrics."""
     nerf = run.stage("nerf").manifest or {}
     config = nerf.get("config")
-    recipe = from_dict(config) if config else None
+    recipe = stored_recipe(config) if config else None
     guidance = recipe.guidance if recipe else None
-    cfg = (guidance.cfg if guidance.cfg is not None else DEFAULT_CFG[guidance.method]) if guidance else None
+    cfg = guidance.cfg_scale if guidance else None  # a stored recipe is resolved: a number
     manifest = run.stage(stage).manifest or {}
     return {"run": label, "stage": stage, "method": guidance.method if guidance else None, "cfg": cfg,
             "particles": recipe.nerf.particles if recipe else None, "steps": manifest.get("steps"),
@@ -97,7 +97,7 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
         tic = time.perf_counter()
         stage = settings.stage or latest_stage(run)
         render = renderer(run, stage, settings.particle)
-        recipe = from_dict(run.stage(stage).manifest["config"])  # every stage records its whole recipe
+        recipe = stored_recipe(run.stage(stage).manifest["config"])  # every stage records its whole recipe
         cam = recipe.camera
         distance, fovy = cam.eval_distance, cam.eval_fovy_deg
         row = describe(run, stage, _label(Path(path), run_dirs))

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..artifacts import RunDir, load_checkpoint
 from ..cameras import sample_cameras
-from ..config import Recipe, from_dict, to_dict
+from ..config import Recipe, stored_recipe, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
@@ -25,7 +25,8 @@ from ..optimize import OptimisationFailed, Rendered, View, device_generator
 from ..prior import load_prior
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
-from .common import LoopSettings, Prompter, build_distiller, clear_stage, optimise, refuse_existing, resume_checkpoint
+from ..methods import build_distiller
+from .common import LoopSettings, Prompter, clear_stage, optimise, refuse_existing, resume_checkpoint
 from .mesh_preview import preview_grid
 
 STAGE = "geometry"
@@ -141,7 +142,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
     checkpoint = None
     if resume:
         manifest, checkpoint = resume_checkpoint(stage, STAGE)
-        recipe = from_dict(manifest["config"])  # the config it started with
+        recipe = stored_recipe(manifest["config"])  # the config it started with
     elif force:
         clear_stage(stage)
     else:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, RunDir, prefixed
 from ..cameras import evaluation_orbit, sample_cameras
-from ..config import Recipe, from_dict, to_dict
+from ..config import Recipe, stored_recipe, to_dict
 from ..optimize import Rendered, View, device_generator
 from ..prior import DiffusionPrior, load_prior
 from ..render.background import Background
@@ -26,7 +26,8 @@ from ..render.occupancy import OccupancyGrid
 from ..render.volume import render, use_deferred
 from ..scene.image import ImageParticles
 from ..scene.nerf import NeRFField
-from .common import LoopSettings, Prompter, build_distiller, optimise, resume_checkpoint
+from ..methods import build_distiller
+from .common import LoopSettings, Prompter, optimise, resume_checkpoint
 
 STAGE = "nerf"
 
@@ -187,7 +188,7 @@ def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
     checkpoint = None
     if resume:
         manifest, checkpoint = resume_checkpoint(stage, "nerf")
-        recipe = from_dict(manifest["config"])  # bit-for-bit the config the run started with
+        recipe = stored_recipe(manifest["config"])  # bit-for-bit the config the run started with
         prompt = run.info["prompt"]
     elif stage.manifest is not None:
         status = stage.manifest.get("status")

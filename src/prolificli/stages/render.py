@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..artifacts import RunDir
 from ..cameras import orbit_cameras
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, stored_recipe
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
 from ..evaluation.media import contact_sheet, write_gif, write_mp4
 from ..files import to_uint8, write_json_atomic, write_png
@@ -53,7 +53,7 @@ def run(run_dir: Path, settings: RenderSettings, console: Console | None = None)
     run = RunDir.open(run_dir)
     stage = settings.stage or latest_stage(run)
     render = renderer(run, stage, settings.particle)
-    cam = from_dict(run.stage(stage).manifest["config"]).camera  # every stage records its whole recipe
+    cam = stored_recipe(run.stage(stage).manifest["config"]).camera  # every stage records its whole recipe
     distance = settings.distance or cam.eval_distance
     fovy = settings.fovy or cam.eval_fovy_deg
     cameras = orbit_cameras(settings.frames, settings.elevation, distance, fovy)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, RunDir, load_checkpoint, prefixed
 from ..cameras import sample_cameras
-from ..config import Recipe, from_dict, to_dict
+from ..config import Recipe, stored_recipe, to_dict
 from ..mesh.dmtet import DMTet
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
@@ -27,7 +27,8 @@ from ..prior import load_prior
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
-from .common import (LoopSettings, Prompter, build_distiller, clear_stage, optimise, refuse_existing,
+from ..methods import build_distiller
+from .common import (LoopSettings, Prompter, clear_stage, optimise, refuse_existing,
                      resume_checkpoint)
 from .mesh_preview import preview_grid
 
@@ -124,7 +125,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
     checkpoint = None
     if resume:
         manifest, checkpoint = resume_checkpoint(stage, STAGE)
-        recipe = from_dict(manifest["config"])
+        recipe = stored_recipe(manifest["config"])
         # the mesh it started from: a mesh file is its first input (a stage's input is a checkpoint dir)
         first_input = Path(manifest["inputs"][0]["path"]) if manifest.get("inputs") else None
         mesh_path = first_input if first_input is not None and first_input.is_file() else None

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
-from ..distill import L2VSD, LVSD, SDS, VSD, Conditioning
+from ..config import GuidanceConfig, LookaheadConfig, Recipe, ScoreModelConfig
+from ..distill import VSD, Conditioning
 from ..distill.base import sample_noise, sample_timesteps
+from ..methods import METHODS, build_distiller
 from ..optimize import Rendered, View, optimization_step
 
 DIM = 2
@@ -161,23 +162,25 @@ class Setting:
 
 
 def method_distiller(name: str, prior: GaussianPrior, particle: GaussianParticle, setting: Setting):
-    """The distiller a method name stands for; the VSD family on a fresh r = N(0, I)."""
-    guidance = GuidanceConfig(method="vsd", cfg=1.0, anneal_step=setting.steps)
-    score_model = GaussianScoreModel(prior, setting.noise_draws)
+    """The distiller a method name stands for, from the method table, on a fresh r = N(0, I):
+    "vsd", "sds", "l2vsd, eta=E", "l-vsd, gamma=K", or "vsd, exact q" (this example's reference)."""
+    base, _, option = (part.strip() for part in name.partition(","))
     score_cfg = ScoreModelConfig(lr=setting.score_lr, train_steps=1)
-    if name == "sds":
-        return SDS(prior, guidance)
-    if name == "vsd":
-        return VSD(prior, score_model, guidance, score_cfg)
+    lookahead = LookaheadConfig(eta=setting.score_lr)
+    if option.startswith("gamma=") and base == "l-vsd":
+        score_cfg = ScoreModelConfig(lr=setting.score_lr, train_steps=int(option.split("=")[1]))
+    elif option.startswith("eta=") and base == "l2vsd":
+        lookahead = LookaheadConfig(eta=float(option.split("=")[1]))
+    elif option and name != "vsd, exact q":
+        raise ValueError(f"unknown method {name!r}")
+    guidance = GuidanceConfig(method=base, cfg_scale=1.0, anneal_step=setting.steps)
+    score_model = GaussianScoreModel(prior, setting.noise_draws)
     if name == "vsd, exact q":  # no lag and no fitting error: r is q_theta itself, read off theta
         return ExactScoreVSD(prior, score_model, guidance, ScoreModelConfig(train_steps=0), particle)
-    if name.startswith("l-vsd"):  # "l-vsd" or "l-vsd, gamma=K"
-        gamma = int(name.split("gamma=")[1]) if "gamma=" in name else 1
-        return LVSD(prior, score_model, guidance, ScoreModelConfig(lr=setting.score_lr, train_steps=gamma))
-    if name.startswith("l2vsd"):  # "l2vsd" or "l2vsd, eta=E"
-        eta = float(name.split("eta=")[1]) if "eta=" in name else setting.score_lr
-        return L2VSD(prior, score_model, guidance, score_cfg, LookaheadConfig(eta=eta))
-    raise ValueError(f"unknown method {name!r}")
+    if base not in METHODS:
+        raise ValueError(f"unknown method {name!r}")
+    recipe = Recipe(guidance=guidance, score_model=score_cfg, lookahead=lookahead)
+    return build_distiller(guidance, recipe, prior, score_model=score_model)
 
 
 class ExactScoreVSD(VSD):

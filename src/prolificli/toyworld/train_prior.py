@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     camera = None
     if args.recipe is not None:
-        from ..config import build_recipe
+        from ..methods import build_recipe
 
         camera = build_recipe(args.recipe).camera
 

@@ -58,12 +58,12 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
     steps. Returns the snapshots by step, each step's seconds, and the trained problem."""
     from prolificli.optimize import optimization_step
     from prolificli.prior import load_prior
-    from prolificli.stages.common import build_distiller
+    from prolificli.methods import build_distiller
     from prolificli.stages.nerf import make_problem
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
-    prior = load_prior(recipe.prior)  # one per run: a prior carries one score model
+    prior = load_prior(recipe.prior)  # one per run: a second score model on one prior is an error
     problem, encode = make_problem(recipe, prior, prompt, generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     snapshots, seconds = {}, []

@@ -123,7 +123,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
     from prolificli.methods import build_recipe
     from prolificli.optimize import device_generator, optimization_step
     from prolificli.render.volume import use_deferred
-    from prolificli.stages.common import build_distiller
+    from prolificli.methods import build_distiller
     from prolificli.stages.nerf import NeRFParticles
 
     recipe = build_recipe(None, [f"guidance.method={method}", f"nerf.resolution={resolution}",

@@ -202,6 +202,32 @@ def test_prior_pass_runs_without_adapters(tiny_prior):
     assert (adapted - plain).abs().max() > 1e-2
 
 
+
+def test_each_pass_asks_for_its_network_whatever_the_last_call_left(tiny_prior):
+    """The prior's and the score model's passes give the same answers whichever ran before, and
+    even after someone switched the shared UNet by hand."""
+    prior = tiny_prior
+    score_model = ScoreModel(prior, ScoreModelConfig())
+    perturb_trainable(score_model)
+    x0, cond, eps = make_batch(prior, 2)
+    t = torch.tensor([300, 600])
+    x_t = prior.add_noise(x0, eps, t)
+    with torch.no_grad():
+        score = score_model(x_t, t, cond.text_emb, cond.camera)
+        guided = prior.predict_eps(x_t, t, cond.text_emb, cond.uncond_emb, 7.5)
+        prior.unet.disable_adapters()  # the state the prior's pass needs, left behind
+        prior.unet.class_embedding = None
+        torch.testing.assert_close(score_model(x_t, t, cond.text_emb, cond.camera), score)
+        torch.testing.assert_close(prior.predict_eps(x_t, t, cond.text_emb, cond.uncond_emb, 7.5), guided)
+        torch.testing.assert_close(score_model.eps(x_t, t, cond.text_emb, cond.camera), score)
+    assert all(p.requires_grad for p in score_model.trainable_parameters())
+
+
+def test_a_second_score_model_on_one_prior_is_an_error(tiny_prior):
+    ScoreModel(tiny_prior, ScoreModelConfig())
+    with pytest.raises(ValueError, match="already carries a score model"):
+        ScoreModel(tiny_prior, ScoreModelConfig(lora_rank=2))
+
 def test_vsd_gradient_matches_independent_computation(tiny_prior):
     prior = tiny_prior
     pristine = copy.deepcopy(prior.unet)

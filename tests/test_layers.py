@@ -110,3 +110,21 @@ def test_no_layer_imports_upwards():
 
 def test_no_cycle_between_subpackages():
     assert not cycles(unit_graph())
+
+
+def test_benchmarks_and_tests_import_only_names_that_exist():
+    """Moving a name must move its users: every `from prolificli... import name` in benchmarks/
+    and tests/, inside functions too, names a module and attribute that exist."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for folder in ("benchmarks", "tests"):
+        for path in sorted((PACKAGE.parent.parent / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prolificli"):
+                    module = importlib.import_module(node.module)
+                    missing += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                                if not hasattr(module, alias.name)
+                                and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
+    assert not missing, missing

@@ -1,4 +1,4 @@
-"""The diffusion prior: loading, text and image encoding, schedule arithmetic, CFG, base_unet()."""
+"""The diffusion prior: loading, text and image encoding, schedule arithmetic, CFG, the shared UNet's pretrained()."""
 
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ def test_unet_eps_reads_the_priors_prediction_type(tmp_path: Path) -> None:
     torch.testing.assert_close(eps, (1 - abar).sqrt() * xt + abar.sqrt() * v, atol=1e-5, rtol=1e-5)
 
 
-# ---- classifier-free guidance and base_unet() ------------------------------------------------
+# ---- classifier-free guidance and SharedUNet.pretrained() -----------------------------------
 
 
 def test_predict_eps_is_cfg_of_two_separate_calls(tiny_prior: DiffusionPrior) -> None:
@@ -261,7 +261,7 @@ def test_predict_eps_is_cfg_of_two_separate_calls(tiny_prior: DiffusionPrior) ->
     torch.testing.assert_close(tiny_prior.predict_eps(xt, t, cond, uncond, 0.0), eps_u, atol=1e-5, rtol=1e-5)
 
 
-def test_base_unet_disables_lora_and_class_embedding_and_restores_them(tiny_prior: DiffusionPrior) -> None:
+def test_pretrained_unet_disables_lora_and_class_embedding_and_restores_them(tiny_prior: DiffusionPrior) -> None:
     from peft import LoraConfig
 
     unet = tiny_prior.unet
@@ -292,10 +292,10 @@ def test_base_unet_disables_lora_and_class_embedding_and_restores_them(tiny_prio
 
     adapted = run(class_labels=camera)
     assert not torch.allclose(adapted, pristine, atol=1e-4)
-    with tiny_prior.base_unet() as base:
+    with tiny_prior.shared_unet.pretrained() as base:
         assert base is unet and unet.class_embedding is None
         torch.testing.assert_close(run(), pristine)
-        with tiny_prior.base_unet():  # nesting keeps them off until the outer exit
+        with tiny_prior.shared_unet.pretrained():  # nesting keeps them off until the outer exit
             pass
         torch.testing.assert_close(run(), pristine)
     assert unet.class_embedding is camera_mlp
@@ -304,7 +304,7 @@ def test_base_unet_disables_lora_and_class_embedding_and_restores_them(tiny_prio
     assert not any(p.requires_grad for name, p in unet.named_parameters() if "lora_" not in name and "class_embedding" not in name)
 
     with pytest.raises(RuntimeError, match="boom"):
-        with tiny_prior.base_unet():
+        with tiny_prior.shared_unet.pretrained():
             raise RuntimeError("boom")
     assert unet.class_embedding is camera_mlp
     torch.testing.assert_close(run(class_labels=camera), adapted)

@@ -39,7 +39,7 @@ def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tens
         # class_embedding); with tie_weights the swap is not undone on the second path
         return functional_call(score_model, p, (x_t, t, text_emb, camera), strict=False, tie_weights=False)
 
-    score_model.activate()
+    score_model.prepare()  # any switch of the shared UNet's state happens here, outside the transform
     # group_norm's forward-mode rule views its input's tangent, which fails on the non-contiguous
     # tangents some UNets produce (seen after upsampling in the toy UNet): hand it contiguous ones
     hooks = [m.register_forward_pre_hook(lambda _, args: tuple(a.contiguous() for a in args))

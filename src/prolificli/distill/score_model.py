@@ -6,10 +6,9 @@ exactly what a diffusers UNet does with `class_embedding(class_labels)`, so the 
 as `unet.class_embedding` and the camera goes in as `class_labels = c2w.flatten(1)`.
 
 Base UNet: with cfg.base == "prior" the score model is an adapter on the prior's own UNet (one
-UNet in memory). The two then share a module, so which network runs is a matter of state:
-the prior's pass (`prior.predict_eps`, inside `prior.base_unet()`) disables the adapters and
-hides the class embedding; every pass here switches them on first. Otherwise cfg.base names a
-second diffusers checkpoint whose UNet is loaded frozen and carries the adapter.
+UNet in memory), attached through the prior's `SharedUNet` (prior/shared_unet.py), which every
+pass of either network asks for the state it needs. Otherwise cfg.base names a second diffusers
+checkpoint whose UNet is loaded frozen, with an owner of its own, and carries the adapter.
 
 It is trained on the renders with the diffusion loss of Eq. (8) in its own parameterisation,
 cfg.prediction_type (v-prediction in the paper, App. F), which may differ from the prior's:
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 from prolificli.config import ScoreModelConfig
 from prolificli.distill.base import sample_noise, sample_timesteps, sample_uniform
+from prolificli.prior.shared_unet import SharedUNet
 
 ADAPTER_NAME = "score_model"
 CAMERA_DIM = 16  # c2w.flatten(1)
@@ -76,10 +76,8 @@ class ScoreModel(nn.Module):
 
         self.prior = prior
         self.cfg = cfg
-
-        unet = prior.unet if cfg.base == "prior" else _load_separate_unet(prior, cfg.base)
-        if ADAPTER_NAME in (getattr(unet, "peft_config", None) or {}):
-            raise ValueError("this UNet already carries a score model; build one ScoreModel per prior")
+        self.shared = prior.shared_unet if cfg.base == "prior" else SharedUNet(_load_separate_unet(prior, cfg.base))
+        unet = self.shared.unet
         unet.requires_grad_(False)
         unet.eval()
         self.unet_dtype = unet.conv_in.weight.dtype
@@ -93,11 +91,6 @@ class ScoreModel(nn.Module):
             init_lora_weights=True,
             lora_dropout=0.0,
         )
-        unet.add_adapter(lora, adapter_name=ADAPTER_NAME)
-        for name, param in unet.named_parameters():
-            if "lora_" in name:
-                param.data = param.data.to(torch.float32)
-
         self.camera_embedding: nn.Module | None = None
         if cfg.camera_embedding:
             time_embed_dim = unet.time_embedding.linear_2.out_features
@@ -112,28 +105,28 @@ class ScoreModel(nn.Module):
             nn.init.zeros_(camera_mlp[2].weight)
             nn.init.zeros_(camera_mlp[2].bias)
             self.camera_embedding = camera_mlp.to(device=prior.device, dtype=torch.float32)
-            unet.class_embedding = self.camera_embedding
+        self.shared.attach_score_model(lora, ADAPTER_NAME, self.camera_embedding)
 
         self.unet = unet
         self._trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------------------------------
 
-    def activate(self) -> None:
-        """Adapters on and camera MLP present: the shared UNet may have been left as the prior's."""
-        self.unet.enable_adapters()
-        self.unet.class_embedding = self.camera_embedding
+    def prepare(self) -> None:
+        """Put the UNet in this model's state now. Every pass asks for it anyway; a caller about
+        to enter a torch.func transform asks first, so the pass inside finds nothing to switch."""
+        self.shared.adapted()
 
-    def _forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None, activate: bool = True) -> Tensor:
-        """The raw UNet output in the score model's parameterisation (v or eps)."""
-        if activate:
-            self.activate()
+    def raw_output(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
+        """The UNet's output in the score model's parameterisation (v or eps), float32; camera
+        None is the zero camera (the dropped condition)."""
+        unet = self.shared.adapted()
         class_labels = None
         if self.camera_embedding is not None:
             if camera is None:
                 camera = torch.zeros(xt.shape[0], CAMERA_DIM, device=xt.device)
             class_labels = camera.to(device=xt.device, dtype=torch.float32)
-        out = self.unet(
+        out = unet(
             xt.to(self.unet_dtype),
             t,
             encoder_hidden_states=text_emb.to(self.unet_dtype),
@@ -141,21 +134,16 @@ class ScoreModel(nn.Module):
         ).sample
         return out.float()
 
-    def forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
-        """eps as a module call, so torch.func.functional_call can swap the parameters (L2-VSD).
-        Does not switch the adapters on (peft does that with requires_grad_, which a torch.func
-        transform forbids): call `activate()` first."""
-        return self.prior.to_eps(self._forward(xt, t, text_emb, camera, activate=False), xt.float(), t,
-                                 self.cfg.prediction_type)
-
     def trainable_items(self) -> dict[str, nn.Parameter]:
         """LoRA and camera-MLP parameters by their name in the score model (`unet.` + UNet name)."""
         return {f"unet.{name}": p for name, p in self._trainable.items()}
 
-    def eps(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
-        """eps_phi(x_t, t, c, y) in float32; camera None is the zero camera (the dropped condition)."""
-        out = self._forward(xt, t, text_emb, camera)
-        return self.prior.to_eps(out, xt.float(), t, self.cfg.prediction_type)
+    def forward(self, xt: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
+        """eps_phi(x_t, t, c, y) in float32, whatever parameterisation the model is trained in. A
+        module call, so that torch.func.functional_call can swap the parameters (L2-VSD)."""
+        return self.prior.to_eps(self.raw_output(xt, t, text_emb, camera), xt.float(), t, self.cfg.prediction_type)
+
+    eps = forward
 
     def diffusion_loss(
         self,
@@ -191,7 +179,7 @@ class ScoreModel(nn.Module):
             target = prior.v_target(x0, eps, t)
         else:
             target = eps
-        prediction = self._forward(xt, t, text_emb, camera)
+        prediction = self.raw_output(xt, t, text_emb, camera)
         return F.mse_loss(prediction, target.float())
 
     # ------------------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ run with math attention (`torch.nn.attention.sdpa_kernel(SDPBackend.MATH)` or `A
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prolificli.config import PriorConfig
+from prolificli.prior.shared_unet import SharedUNet
 
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -57,6 +57,8 @@ class DiffusionPrior:
         dtype: torch.dtype,
     ) -> None:
         self.unet = unet
+        # the prior and VSD's score model share this UNet; each asks the owner for its network
+        self.shared_unet = SharedUNet(unet)
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -169,7 +171,7 @@ class DiffusionPrior:
         class_labels: Tensor | None = None,
         unet: nn.Module | None = None,
     ) -> Tensor:
-        """Run `unet` (default: the prior's, as it is now: adapters and class embedding included)
+        """Run `unet` (default: the prior's module in whatever state its owner has put it)
         and read its output as the prior's prediction_type. Inputs are cast to the UNet's dtype;
         eps comes back float32. Gradients flow if enabled."""
         unet = self.unet if unet is None else unet
@@ -183,34 +185,13 @@ class DiffusionPrior:
         )[0]
         return self.to_eps(output, xt, t, self.prediction_type)
 
-    @contextlib.contextmanager
-    def base_unet(self) -> Iterator[nn.Module]:
-        """The pretrained UNet for the duration: LoRA adapters off and no class (camera)
-        embedding. Everything is put back afterwards, also on exceptions, including which
-        parameters require grad (peft's enable_adapters would otherwise turn them all on)."""
-        unet = self.unet
-        class_embedding = unet.class_embedding
-        adapters_on = getattr(unet, "_hf_peft_config_loaded", False) and _adapters_enabled(unet)
-        trainable = {id(p) for p in unet.parameters() if p.requires_grad}
-        if adapters_on:
-            unet.disable_adapters()
-        unet.class_embedding = None
-        try:
-            yield unet
-        finally:
-            unet.class_embedding = class_embedding
-            if adapters_on:
-                unet.enable_adapters()
-                for parameter in unet.parameters():
-                    parameter.requires_grad_(id(parameter) in trainable)
-
     @torch.no_grad()
     def predict_eps(
         self, xt: Tensor, t: Tensor, cond_emb: Tensor, uncond_emb: Tensor, guidance_scale: float
     ) -> Tensor:
         """Classifier-free guided eps of the pretrained model: eps_u + s (eps_c - eps_u), from one
         UNet call on the doubled batch [uncond; cond]."""
-        with self.base_unet():
+        with self.shared_unet.pretrained():
             eps = self.unet_eps(
                 torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([uncond_emb, cond_emb])
             )
@@ -225,12 +206,6 @@ def _square_size(sample_size: int | list[int] | tuple[int, ...]) -> int:
     if height != width:
         raise PriorLoadError(f"only square models are supported, this UNet's sample_size is {list(sample_size)}")
     return int(height)
-
-
-def _adapters_enabled(unet: nn.Module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(not m.disable_adapters for m in unet.modules() if isinstance(m, BaseTunerLayer))
 
 
 # --------------------------------------------------------------------------------------------

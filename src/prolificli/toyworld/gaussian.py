@@ -85,7 +85,7 @@ class GaussianScoreModel(nn.Module):
     def eps(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
         return self(x_t, t, text_emb, camera)
 
-    def activate(self) -> None:  # nothing to switch on: no adapters
+    def prepare(self) -> None:  # a network of its own: nothing shared to switch
         pass
 
     def trainable_items(self) -> dict[str, nn.Parameter]:

@@ -66,7 +66,7 @@ def main() -> None:
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
     from prolificli.methods import build_recipe
-    from prolificli.evaluation.frames import load_textured_glb
+    from prolificli.mesh.export import load_glb
     from prolificli.stages import extract, geometry, texture
     from prolificli.toyworld.evaluate import chamfer_distance, evaluate_textured_mesh, object_size
     from prolificli.toyworld.scorer import load_scorer
@@ -88,7 +88,7 @@ def main() -> None:
         refined = trimesh.load(run / "geometry" / "mesh.ply", process=False)
         result, t_texture = timed(lambda: texture.run(run, recipe, console=console))
 
-        mesh, uvs, image = load_textured_glb(result.glb)
+        mesh, uvs, image = load_glb(result.glb)
         report = evaluate_textured_mesh(mesh.vertices, mesh.faces, uvs, image, recipe, prompt, scorer)
         rows.append({
             "prompt": prompt,

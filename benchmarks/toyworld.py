@@ -71,13 +71,13 @@ def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> 
 
 
 def evaluate_run(run_dir: Path, prompt: str) -> list:
-    from prolificli.outputs import load_particles
+    from prolificli.outputs import open_nerf
     from prolificli.toyworld.evaluate import evaluate_particle
     from prolificli.toyworld.scorer import load_scorer
 
-    recipe, particles = load_particles(run_dir)
+    nerf = open_nerf(run_dir)
     scorer = load_scorer()
-    return [evaluate_particle(field, background, recipe, prompt, scorer) for field, background in particles]
+    return [evaluate_particle(field, background, nerf.recipe, prompt, scorer) for field, background in nerf.particles]
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ import torch
 import trimesh
 from typer.testing import CliRunner
 
-from prolificli.artifacts import ArtifactError, load_checkpoint
+from prolificli.artifacts import ArtifactError
 from prolificli.cli import app
 from prolificli.config import ExtractConfig, Recipe, VolumeRenderConfig
-from prolificli.mesh.dmtet import DMTet
+from prolificli.outputs import open_mesh
 from prolificli.surface import extract_surface
 from prolificli.toyworld.shapes import SCALE, ToyObject, ToyObjectField, ground_truth_mesh, signed_distance
 
@@ -104,7 +104,7 @@ def test_extract_stage_end_to_end(tiny_nerf_run):
     assert mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
     assert (stage / "previews" / "latest.png").is_file()
     # the checkpoint is the DMTet state: it re-creates exactly the written mesh
-    dmtet = DMTet.from_tensors(load_checkpoint(stage / "checkpoint").tensors)
+    dmtet = open_mesh(tiny_nerf_run, "extract").dmtet
     again = dmtet.mesh()
     assert np.allclose(again.vertices.detach().numpy(), mesh.vertices, atol=1e-5)
 

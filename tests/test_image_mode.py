@@ -41,7 +41,7 @@ def test_image_particles_round_trip_through_their_tensors(tiny_prior):
 
 
 def test_2d_run_writes_its_images_and_the_mesh_stages_refuse_it(tiny_pixel_model_dir, tmp_path):
-    from prolificli.outputs import load_images
+    from prolificli.outputs import open_images
 
     out = tmp_path / "flat"
     result = invoke("nerf", "a pineapple", "--recipe", TINY_RECIPE, "--model", str(tiny_pixel_model_dir), "--out",
@@ -51,7 +51,7 @@ def test_2d_run_writes_its_images_and_the_mesh_stages_refuse_it(tiny_pixel_model
     manifest = json.loads((out / "nerf" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert {"images/particle0.png", "images/particle1.png"} <= set(manifest["outputs"])
-    recipe, images = load_images(out)
+    images = open_images(out).decode()
     assert images.shape == (2, 3, 32, 32)
     png = np.asarray(Image.open(out / "nerf" / "images" / "particle1.png")) / 255
     np.testing.assert_allclose(png, images[1].permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)

@@ -45,7 +45,7 @@ def test_geometry_stage_moves_the_surface_and_writes_a_watertight_mesh(extracted
     assert manifest["config"]["geometry"]["guidance"] == {**manifest["config"]["geometry"]["guidance"],
                                                           "method": "sds", "cfg_scale": 100.0}
     assert manifest["inputs"][0]["path"].endswith("extract/checkpoint")
-    before = load_checkpoint(extracted_run / "extract" / "checkpoint").tensors["sdf"]
+    before = load_checkpoint(extracted_run / "extract" / "checkpoint").tensors["dmtet.sdf"]
     after = load_checkpoint(stage / "checkpoint").tensors["dmtet.sdf"]
     assert not np.allclose(before.numpy(), after.numpy())
     mesh = trimesh.load(stage / "mesh.ply", process=False)

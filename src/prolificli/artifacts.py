@@ -376,6 +376,30 @@ def load_checkpoint(directory: Path | str, map_location: str | torch.device = "c
     return Checkpoint(step=step, tensors=tensors, optimizer_states=optimizer_states, extra=extra, path=found)
 
 
+class Keys:
+    """The checkpoint key scheme of every stage: a part's tensors are its own state_dict keys
+    under "<part>.", and its optimiser's state sits under the part's name. Stages write with
+    these names and `outputs.py` reads with them; nothing else spells a key."""
+
+    DMTET = "dmtet."  # extract, geometry: the DMTet SDF, deformation and tet grid
+    FIELD = "field."  # texture: the texture field
+    BACKGROUND = "background."  # texture: its background
+    DISTILLER = "distiller."  # the distiller's own tensors (VSD: the score model's LoRA and camera MLP)
+    GENERATOR = "rng.generator"  # the host generator's state (every draw of the loop)
+    TENSOR_GENERATOR = "rng.tensor_generator"  # the accelerator's generator, when it is a separate one
+    DISTILLER_OPTIMIZER = "distiller"  # the distiller's optimiser state
+
+    @staticmethod
+    def particle(i: int) -> str:
+        """NeRF stage: particle i's parts, + "field.", "background.", "occupancy." or "image"."""
+        return f"particle{i}."
+
+    @staticmethod
+    def optimizer(i: int) -> str:
+        """The optimiser state of the problem's i-th optimiser."""
+        return f"particle{i}"
+
+
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors whose key starts with `prefix`, with it removed (one part of a checkpoint)."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -12,17 +12,15 @@ its depth map, a mesh's from its vertex normals. Depth is the distance along the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..artifacts import ArtifactError, RunDir, load_checkpoint
+from ..artifacts import ArtifactError, RunDir
 from ..cameras import Cameras
 from ..config import MeshRenderConfig
-from ..mesh.mesh import Mesh, fit_to_object_box
+from ..mesh.mesh import Mesh
 
 STAGES = ("nerf", "extract", "geometry", "texture")
 
@@ -109,60 +107,20 @@ def _concat(parts: list[Frames]) -> Frames:
     return Frames(*(torch.cat([getattr(p, name) for p in parts]) for name in ("rgb", "normal", "depth", "opacity")))
 
 
-def load_textured_glb(path: Path) -> tuple[Mesh, Tensor, Tensor]:
-    """The texture stage's GLB back in the run's frame (z up): mesh, uvs [N,2], texture [T,T,3] in [0,1]."""
-    import trimesh
-
-    glb = trimesh.load(path, force="mesh", process=False)
-    v = np.asarray(glb.vertices)
-    vertices = np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)  # glTF's y up back to our z up
-    image = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
-    mesh = Mesh(torch.tensor(vertices, dtype=torch.float32), torch.tensor(np.asarray(glb.faces)))
-    return mesh, torch.tensor(np.asarray(glb.visual.uv), dtype=torch.float32), torch.tensor(image)
-
-
-def stage_mesh(run: RunDir, stage: str) -> Mesh:
-    """The surface a mesh stage holds, in the run's frame, with vertex colours where it has them."""
-    import trimesh
-
-    if stage in ("extract", "geometry"):
-        ply = trimesh.load(run.stage(stage).path / "mesh.ply", process=False)
-        colors = getattr(ply.visual, "vertex_colors", None)
-        colors = torch.tensor(np.asarray(colors)[:, :3] / 255, dtype=torch.float32) if colors is not None else None
-        return Mesh(torch.tensor(np.asarray(ply.vertices), dtype=torch.float32), torch.tensor(np.asarray(ply.faces)),
-                    colors)
-    if stage == "texture":
-        return textured_mesh(run)[0]
-    raise ValueError(stage)
-
-
-def textured_mesh(run: RunDir) -> tuple[Mesh, Tensor, Tensor]:
-    """The texture stage's GLB where its cameras saw it: mesh, uvs, texture. A texture stage that
-    painted an external mesh exported it in that mesh's own coordinates; the stage saw it centred
-    and scaled into the object box, and so do we."""
-    mesh, uvs, texture = load_textured_glb(run.stage("texture").path / "model.glb")
-    source = load_checkpoint(run.stage("texture").checkpoint_dir).extra.get("mesh")
-    if source not in ("geometry", "extract"):
-        mesh, _, _ = fit_to_object_box(mesh)
-    return mesh, uvs, texture
-
-
 def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
-    """Load a stage's artifact once; the returned function renders it from any cameras."""
+    """Open a stage's artifact once; the returned function renders it from any cameras."""
+    from ..outputs import open_mesh, open_nerf, open_textured
+
     run.stage(stage).require_complete(stage)
     if stage == "nerf":
-        from ..outputs import load_particles
-
-        recipe, particles = load_particles(run.path)
-        if not 0 <= particle < len(particles):
-            raise ArtifactError(f"--particle {particle} is out of range: the run has {len(particles)} particle(s)")
-        field, background = particles[particle]
-        return lambda cameras, resolution: render_nerf(field, background, recipe, cameras, resolution)
+        nerf = open_nerf(run)
+        field, background = nerf.particle(particle)
+        return lambda cameras, resolution: render_nerf(field, background, nerf.recipe, cameras, resolution)
     if stage == "texture":
-        mesh, uvs, texture = textured_mesh(run)
-        return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution, uvs=uvs,
-                                                              uv_faces=mesh.faces, texture=texture)
-    mesh = stage_mesh(run, stage)
+        textured = open_textured(run)
+        return lambda cameras, resolution: render_mesh_frames(textured.mesh, cameras, resolution, uvs=textured.uvs,
+                                                              uv_faces=textured.mesh.faces, texture=textured.texture)
+    mesh = open_mesh(run, stage).exported()
     return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution)
 
 

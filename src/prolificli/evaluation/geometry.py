@@ -21,15 +21,17 @@ LATTICE = 64
 
 
 def surface_of(run: RunDir, stage: str, particle: int = 0) -> Mesh:
-    from .frames import stage_mesh
+    from ..outputs import open_mesh, open_nerf, open_textured
 
+    if stage == "texture":
+        return open_textured(run).mesh
     if stage != "nerf":
-        return stage_mesh(run, stage)
-    from ..outputs import load_particles
+        return open_mesh(run, stage).exported()
     from ..surface import extract_surface
 
-    recipe, particles = load_particles(run.path)
-    field, _ = particles[particle]
+    nerf = open_nerf(run)
+    field, _ = nerf.particle(particle)
+    recipe = nerf.recipe
     cfg = replace(recipe.extract, particle=particle)
     return extract_surface(field, recipe.nerf.field.bound, cfg, recipe, recipe.nerf.render).mesh
 

@@ -139,6 +139,29 @@ def save_glb(uv_mesh: UVMesh, texture: np.ndarray, path) -> Path:
     return path
 
 
+def load_glb(path) -> tuple[Mesh, Tensor, Tensor]:
+    """A GLB written by save_glb, back in our frame (z up): mesh, uvs [N,2], texture [T,T,3] in [0,1]."""
+    import trimesh
+
+    glb = trimesh.load(path, force="mesh", process=False)
+    v = np.asarray(glb.vertices)
+    vertices = np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)  # the inverse of z_up_to_y_up
+    image = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
+    mesh = Mesh(torch.tensor(vertices, dtype=torch.float32), torch.tensor(np.asarray(glb.faces)))
+    return mesh, torch.tensor(np.asarray(glb.visual.uv), dtype=torch.float32), torch.tensor(image)
+
+
+def load_ply(path) -> Mesh:
+    """A PLY written by save_ply, with its vertex colours in [0,1] where it has them."""
+    import trimesh
+
+    ply = trimesh.load(path, process=False)
+    colors = getattr(ply.visual, "vertex_colors", None)
+    colors = torch.tensor(np.asarray(colors)[:, :3] / 255, dtype=torch.float32) if colors is not None else None
+    return Mesh(torch.tensor(np.asarray(ply.vertices), dtype=torch.float32), torch.tensor(np.asarray(ply.faces)),
+                colors)
+
+
 def _rasterize(uv_mesh: UVMesh, size: int) -> tuple[Tensor, Tensor]:
     """Surface point [size*size,3] and coverage [size,size] of every texel whose centre is in a triangle."""
     uv = uv_mesh.uvs.detach().cpu().double()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, save_checkpoint
+from ..artifacts import ArtifactError, Keys, RunDir, save_checkpoint
 from ..config import Recipe, to_dict
 from ..files import write_png
 from ..mesh.export import save_ply
@@ -32,7 +32,7 @@ class ExtractResult:
 
 
 def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console | None = None) -> ExtractResult:
-    from ..outputs import load_particles
+    from ..outputs import open_nerf
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
@@ -41,11 +41,9 @@ def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console 
         raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
                             "pass --force to extract again")
     clear_stage(stage)
-    nerf_recipe, particles = load_particles(run.path)
-    k = recipe.extract.particle
-    if not 0 <= k < len(particles):
-        raise ArtifactError(f"--particle {k}: the NeRF stage has {len(particles)} particle(s), 0..{len(particles) - 1}")
-    field, _ = particles[k]
+    nerf = open_nerf(run)
+    nerf_recipe, k = nerf.recipe, recipe.extract.particle
+    field, _ = nerf.particle(k)
 
     tic = time.perf_counter()
     nerf_checkpoint = run.stage("nerf").checkpoint_dir
@@ -56,7 +54,8 @@ def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console 
                                       nerf_recipe.nerf.render)
         if len(surface.mesh.faces) == 0:
             raise ArtifactError("the extracted mesh is empty after removing small pieces; lower --threshold")
-        save_checkpoint(stage.checkpoint_dir, 0, surface.dmtet.tensors(), {},
+        tensors = {Keys.DMTET + name: value for name, value in surface.dmtet.tensors().items()}
+        save_checkpoint(stage.checkpoint_dir, 0, tensors, {},
                         extra={"stage": STAGE, "particle": k, "threshold": surface.threshold})
         mesh_path = save_ply(surface.mesh, stage.path / "mesh.ply")
         write_png(preview_grid(surface.mesh, recipe), stage.previews_dir / "latest.png")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import RunDir, load_checkpoint
+from ..artifacts import Keys, RunDir, prefixed
 from ..cameras import sample_cameras
 from ..config import Recipe, stored_recipe, to_dict
 from ..mesh.dmtet import DMTet
@@ -107,12 +107,13 @@ class GeometryProblem:
         return self.optimizers[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"dmtet.{k}": v for k, v in self.dmtet.tensors().items()}
+        return {Keys.DMTET + k: v for k, v in self.dmtet.tensors().items()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        state = prefixed(tensors, Keys.DMTET)
         with torch.no_grad():
-            self.dmtet.sdf.copy_(tensors["dmtet.sdf"])
-            self.dmtet.deformation.copy_(tensors["dmtet.deformation"])
+            self.dmtet.sdf.copy_(state["sdf"])
+            self.dmtet.deformation.copy_(state["deformation"])
 
     def colored_mesh(self) -> Mesh:
         with torch.no_grad():
@@ -134,7 +135,7 @@ class GeometryResult:
 
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
         console: Console | None = None) -> GeometryResult:
-    from ..outputs import load_particles
+    from ..outputs import open_mesh, open_nerf
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
@@ -147,11 +148,9 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         clear_stage(stage)
     else:
         refuse_existing(stage, STAGE, run.path)
-    extract = run.stage("extract")
-    extract.require_complete("extract")
-    dmtet = DMTet.from_tensors(load_checkpoint(extract.checkpoint_dir).tensors)
-    _, particles = load_particles(run.path)
-    albedo_field = particles[recipe.extract.particle][0].requires_grad_(False)
+    extract = open_mesh(run, "extract")
+    dmtet = extract.dmtet
+    albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -169,7 +168,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         return ["mesh.ply"]
 
     done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),
-                    inputs=[extract.checkpoint_dir], checkpoint=checkpoint, console=console,
+                    inputs=[run.stage("extract").checkpoint_dir], checkpoint=checkpoint, console=console,
                     title=f"geometry {cfg.guidance.method}", outputs=[], finalize=finalize,
                     tensor_generator=device_generator(generator, prior.device))
     return GeometryResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]))

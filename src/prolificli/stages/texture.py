@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, load_checkpoint, prefixed
+from ..artifacts import Keys, RunDir, prefixed
 from ..cameras import sample_cameras
 from ..config import Recipe, stored_recipe, to_dict
-from ..mesh.dmtet import DMTet
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
 from ..optimize import Rendered, View, device_generator
@@ -28,6 +27,7 @@ from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
 from ..methods import build_distiller
+from ..outputs import open_latest_mesh
 from .common import (LoopSettings, Prompter, clear_stage, optimise, refuse_existing,
                      resume_checkpoint)
 from .mesh_preview import preview_grid
@@ -73,13 +73,13 @@ class TextureProblem:
         return self.optimizers[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        out.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
+        out = {Keys.FIELD + k: v for k, v in self.field.state_dict().items()}
+        out.update({Keys.BACKGROUND + k: v for k, v in self.background.state_dict().items()})
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.field.load_state_dict(prefixed(tensors, "field."))
-        self.background.load_state_dict(prefixed(tensors, "background."))
+        self.field.load_state_dict(prefixed(tensors, Keys.FIELD))
+        self.background.load_state_dict(prefixed(tensors, Keys.BACKGROUND))
 
     def preview(self, resolution: int) -> np.ndarray:
         return preview_grid(self.mesh, self.recipe, resolution=resolution, color_fn=self.field)
@@ -91,17 +91,8 @@ def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Pa
     if mesh_path is not None:
         mesh, centre, scale = fit_to_object_box(load_mesh(mesh_path))
         return mesh, str(Path(mesh_path).resolve()), [Path(mesh_path)], centre, scale
-    for name in ("geometry", "extract"):
-        stage = run.stage(name)
-        manifest = stage.manifest
-        if manifest is not None and manifest.get("status") == "complete":
-            tensors = load_checkpoint(stage.checkpoint_dir).tensors
-            dmtet = DMTet.from_tensors(prefixed(tensors, "dmtet.") if name == "geometry" else tensors)
-            with torch.no_grad():
-                mesh = dmtet.mesh().detach()
-            return mesh, name, [stage.checkpoint_dir], torch.zeros(3), 1.0
-    raise ArtifactError(f"{run.path} has no complete geometry or extract stage to texture; run "
-                        "`prolific extract` first, or pass --mesh FILE")
+    surface = open_latest_mesh(run)
+    return surface.surface(), surface.stage, [run.stage(surface.stage).checkpoint_dir], torch.zeros(3), 1.0
 
 
 @dataclass

@@ -88,7 +88,7 @@ def main() -> None:
         refined = trimesh.load(run / "geometry" / "mesh.ply", process=False)
         result, t_texture = timed(lambda: texture.run(run, recipe, console=console))
 
-        mesh, uvs, image = load_glb(result.glb)
+        mesh, uvs, image = load_glb(result.run_dir / "texture" / "model.glb")
         report = evaluate_textured_mesh(mesh.vertices, mesh.faces, uvs, image, recipe, prompt, scorer)
         rows.append({
             "prompt": prompt,

@@ -64,7 +64,7 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     prior = load_prior(recipe.prior)  # one per run: a second score model on one prior is an error
-    problem, encode = make_problem(recipe, prior, prompt, generator)
+    problem = make_problem(recipe, prior, prompt, generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     snapshots, seconds = {}, []
     with Progress(console=console, transient=True) as progress:
@@ -72,7 +72,7 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
                                  total=recipe.nerf.steps)
         for step in range(recipe.nerf.steps):
             tic = time.perf_counter()
-            logs = optimization_step(problem, encode, distiller, step, generator)
+            logs = optimization_step(problem, prior.encode_images, distiller, step, generator)
             seconds.append(time.perf_counter() - tic)
             if not math.isfinite(logs["loss"]):
                 raise RuntimeError(f"{recipe.guidance.method} '{prompt}': loss {logs['loss']} at step {step + 1}")

@@ -191,7 +191,7 @@ def count_prior_flops(particles, prior, distiller, generator, step: int) -> floa
         view = particles.sample_view(step)
         rendered = particles.render(0, view, step)
         with FlopCounterMode(display=False) as counter:
-            x0 = prior.encode_images(rendered.rgb)
+            x0 = prior.encode_images(rendered.image)
             out = distiller(x0, view.cond, step, generator=generator)
             out.loss.backward()
     finally:

@@ -12,7 +12,7 @@ from PIL import Image
 from prolificli.config import GuidanceConfig
 from prolificli.methods import build_recipe
 from prolificli.distill import SDS
-from prolificli.scene.image import ImageParticles
+from prolificli.stages.image import ImageParticles
 from test_cli import TINY_RECIPE, assert_one_line_error, invoke
 
 
@@ -23,7 +23,7 @@ def test_the_gradient_on_an_image_particle_is_the_distillation_gradient(tiny_pri
     assert problem.images[0].shape == (4, 16, 16)  # the tiny model's latents
     assert not torch.equal(problem.images[0], problem.images[1])
     view = problem.sample_view(0)
-    x0 = problem.render(1, view, 0).rgb
+    x0 = problem.render(1, view, 0).image
     assert x0.shape == (3, 4, 16, 16) and view.cond.camera.abs().sum() == 0
     sds = SDS(tiny_prior, GuidanceConfig(method="sds", cfg_scale=7.5))
     out = sds(x0, view.cond, 0, generator=torch.Generator().manual_seed(1))

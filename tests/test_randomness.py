@@ -28,7 +28,7 @@ def test_a_separate_tensor_generator_is_checkpointed_and_restored(tiny_model_dir
     which it could not if that generator's state were not saved and restored."""
     from prolificli.stages import common, nerf
 
-    monkeypatch.setattr(nerf, "device_generator", lambda host, device: torch.Generator().manual_seed(1234))
+    monkeypatch.setattr(common, "device_generator", lambda host, device: torch.Generator().manual_seed(1234))
     recipe = build_recipe(TINY_RECIPE, [f"prior.model={tiny_model_dir}", "nerf.steps=8", "nerf.checkpoint_every=3"])
     nerf.run(recipe, "a cube", tmp_path / "whole")
 

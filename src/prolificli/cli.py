@@ -108,42 +108,59 @@ def nerf(
     With --set scene.representation=image (recipes/toy-2d.yaml) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
     from .artifacts import slugify
-    from .optimize import Interrupted, OptimisationFailed
-    from .stages import nerf as nerf_stage
 
-    flags = {"--recipe": recipe, "--set": overrides or None, "--method": method, "--particles": particles,
-             "--model": model, "--steps": steps, "--seed": seed, "--device": device}
+    if resume is not None:
+        given = [name for name, value in {"--recipe": recipe, "--set": overrides or None, "--method": method,
+                                          "--particles": particles, "--model": model, "--steps": steps,
+                                          "--seed": seed, "--device": device}.items() if value is not None]
+        if prompt is not None or given:
+            fail(f"--resume continues a run with its own prompt and config; drop {', '.join(given) or 'the prompt'}")
+        run_stage("nerf", resume, lambda: None, resume=True, as_json=as_json)
+        return
+    if prompt is None or not prompt.strip():
+        fail("give a non-empty prompt, e.g. prolific nerf \"an elephant skull\" (or --resume RUN_DIR)")
+    text = " ".join(prompt.split())
+    sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
+                                             "prior.model": model, "nerf.steps": steps, "seed": seed,
+                                             "prior.device": device})
+    run_stage("nerf", out if out is not None else Path("runs") / slugify(text), lambda: build_recipe(recipe, sets),
+              as_json=as_json, prompt=text)
+
+
+def flag_overrides(values: dict[str, object]) -> list[str]:
+    """`--set key=value` for every flag given (a flag is a short name for a recipe key)."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in values.items() if value is not None]
+
+
+def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force: bool = False,
+              as_json: bool = False, **stage_kwargs) -> None:
+    """What every optimisation stage's command does: resolve the recipe, run the stage, report
+    (the run directory, or a JSON summary) and turn failures into one line and an exit code."""
+    import importlib
+
+    from .mesh.mesh import MeshError
+    from .optimize import Interrupted, OptimizationFailed
+
+    module = importlib.import_module(f".stages.{name}", __package__)
     try:
-        if resume is not None:
-            given = [name for name, value in flags.items() if value is not None]
-            if prompt is not None or given:
-                fail(f"--resume continues a run with its own prompt and config; drop {', '.join(given) or 'the prompt'}")
-            recipe_obj, run_dir, text = None, resume, ""
-        else:
-            if prompt is None or not prompt.strip():
-                fail("give a non-empty prompt, e.g. prolific nerf \"an elephant skull\" (or --resume RUN_DIR)")
-            text = " ".join(prompt.split())
-            sets = list(overrides)
-            for key, value in (("guidance.method", method), ("nerf.particles", particles), ("prior.model", model),
-                               ("nerf.steps", steps), ("seed", seed), ("prior.device", device)):
-                if value is not None:
-                    sets.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-            recipe_obj = build_recipe(recipe, sets)
-            run_dir = out if out is not None else Path("runs") / slugify(text)
+        recipe_obj = None if resume else make_recipe()
         quiet_libraries()
         try:
-            result = nerf_stage.run(recipe_obj, text, run_dir, resume=resume is not None, console=stderr)
+            if name == "nerf":
+                result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr)
+            else:
+                result = module.run(run, recipe_obj, resume=resume, force=force, console=stderr, **stage_kwargs)
         except Interrupted as exc:
-            where = run_dir.resolve()
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
-                         f"prolific nerf --resume {where}", highlight=False, soft_wrap=True)
+                         f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OptimisationFailed as exc:
-            fail(f"{exc}; the last checkpoint is kept in {run_dir.resolve() / 'nerf'}", EXIT_FAILED)
-    except user_errors() as exc:
+        except OptimizationFailed as exc:
+            fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
+    except user_errors() + (MeshError,) as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps({"run_dir": str(result.run_dir), "stage": "nerf", "status": result.status,
+        print(json.dumps({"run_dir": str(result.run_dir), "stage": name, "status": result.status,
                           "step": result.step, "steps": result.steps, "seconds": result.seconds}))
     else:
         print(result.run_dir)
@@ -215,11 +232,8 @@ def extract(
     from .stages import extract as extract_stage
 
     run = run_dir_argument(run)
-    sets = list(overrides)
-    for key, value in (("extract.particle", particle), ("extract.resolution", resolution),
-                       ("extract.threshold", threshold)):
-        if value is not None:
-            sets.append(f"{key}={json.dumps(value)}")
+    sets = list(overrides) + flag_overrides({"extract.particle": particle, "extract.resolution": resolution,
+                                             "extract.threshold": threshold})
     try:
         recipe_obj = stage_recipe(run, recipe, sets)
         result = extract_stage.run(run, recipe_obj, force=force, console=stderr)
@@ -233,42 +247,18 @@ def extract(
         print(result.run_dir)
 
 
-def optimisation_stage(name: str, run: Optional[Path], recipe: Optional[str], overrides: list[str],
+def optimization_stage(name: str, run: Optional[Path], recipe: Optional[str], overrides: list[str],
                        steps: Optional[int], resume: bool, force: bool, as_json: bool, **stage_kwargs) -> None:
-    """The shared body of `geometry` and `texture`: resolve the recipe, run, report."""
-    import importlib
-
-    from .mesh.mesh import MeshError
-    from .optimize import Interrupted, OptimisationFailed
-
-    module = importlib.import_module(f".stages.{name}", __package__)
+    """The body of `geometry` and `texture`: the run's own recipe <- --recipe <- --set, then run_stage."""
     run = run_dir_argument(run)
-    try:
-        if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")):
-            fail("--resume continues a stage with the config it started with; drop --recipe/--set/--steps/--mesh")
-        sets = list(overrides) + ([f"{name}.steps={steps}"] if steps is not None else [])
-        if resume:
-            recipe_obj = None
-        elif name == "texture":
-            recipe_obj = texture_recipe(run, recipe, sets, stage_kwargs.get("prompt"))
-        else:
-            recipe_obj = stage_recipe(run, recipe, sets)
-        quiet_libraries()
-        try:
-            result = module.run(run, recipe_obj, resume=resume, force=force, console=stderr, **stage_kwargs)
-        except Interrupted as exc:
-            stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
-                         f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OptimisationFailed as exc:
-            fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
-    except user_errors() + (MeshError,) as exc:
-        fail(str(exc))
-    if as_json:
-        print(json.dumps({"run_dir": str(result.run_dir), "stage": name, "status": "complete",
-                          "step": result.step, "steps": result.steps, "seconds": result.seconds}))
+    if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")):
+        fail("--resume continues a stage with the config it started with; drop --recipe/--set/--steps/--mesh")
+    sets = list(overrides) + flag_overrides({f"{name}.steps": steps})
+    if name == "texture":
+        make_recipe = lambda: texture_recipe(run, recipe, sets, stage_kwargs.get("prompt"))  # noqa: E731
     else:
-        print(result.run_dir)
+        make_recipe = lambda: stage_recipe(run, recipe, sets)  # noqa: E731
+    run_stage(name, run, make_recipe, resume=resume, force=force, as_json=as_json, **stage_kwargs)
 
 
 STEPS_HELP = "Same as --set {}.steps=."
@@ -292,7 +282,7 @@ def geometry(
     Optimises the DMTet SDF and vertex offsets from RUN/extract/ (SDS at CFG 100 plus normal-consistency
     and Laplacian smoothing) and writes RUN/geometry/ (checkpoint/, mesh.ply, previews/).
     """
-    optimisation_stage("geometry", run, recipe, overrides, steps, resume, force, as_json)
+    optimization_stage("geometry", run, recipe, overrides, steps, resume, force, as_json)
 
 
 @app.command()
@@ -313,7 +303,7 @@ def texture(
     Uses RUN/geometry/ (else RUN/extract/, or --mesh FILE) and writes RUN/texture/ (checkpoint/, previews/,
     model.obj + model.mtl + model.png, model.glb).
     """
-    optimisation_stage("texture", run, recipe, overrides, steps, resume, force, as_json,
+    optimization_stage("texture", run, recipe, overrides, steps, resume, force, as_json,
                        mesh_path=mesh, prompt=prompt)
 
 

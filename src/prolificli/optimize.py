@@ -5,7 +5,7 @@ the loop does the rest, the same for the NeRF, geometry and texture stages:
 
     view  = problem.sample_view(step)                 camera c ~ p(c), prompts with view suffix
     image = problem.render(particle, view)            x = g(theta, c), differentiable (or deferred)
-    x0    = prior.encode_images(image.rgb)            to the prior's space (latents or pixels)
+    x0    = encode(image.image)                       to the prior's space (latents or pixels), if not in it
     out   = distiller(x0, view.cond, step)            w(t)(eps_prior - eps_score) -> surrogate loss
     loss  = out.loss + problem.regularization(...)    backprop into theta, one optimiser step
     (deferred render: backprop stops at the image; image.replay() re-renders in chunks to go on)
@@ -80,7 +80,7 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
         view = problem.sample_view(step)
         rendered = problem.render(particle, view, step)
     with part("distill"):
-        x0 = encode(rendered.rgb)
+        x0 = encode(rendered.image) if rendered.space == "rgb" else rendered.image
         out = distiller(x0, view.cond, step, generator=tensor_generator or generator)
         reg_loss, reg_logs = problem.regularization(rendered, step)
         loss = out.loss + reg_loss
@@ -97,7 +97,7 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
             **out.logs, **reg_logs, **rendered.logs}
 
 
-class OptimisationFailed(Exception):
+class OptimizationFailed(Exception):
     """The optimisation itself broke (a non-finite loss, a surface that vanished): not bad input.
     The stage is marked failed; its last checkpoint stays on disk."""
 
@@ -186,7 +186,7 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
             if done % log_every == 0 or done == steps or checkpointing or stopping:
                 logs = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
                 if not math.isfinite(logs.get("loss", 0.0)):
-                    raise OptimisationFailed(f"the loss became {logs['loss']} at step {done}")
+                    raise OptimizationFailed(f"the loss became {logs['loss']} at step {done}")
                 last_loss = logs.get("loss", float("nan"))
                 if done % log_every == 0 or done == steps:
                     hooks.log_metrics(done, logs)

@@ -7,9 +7,12 @@ all use them without depending on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from torch import Tensor
+
+if TYPE_CHECKING:  # for the annotation only: at run time this module imports nothing of the package
+    from prolificli.cameras import Cameras
 
 
 @dataclass
@@ -34,14 +37,17 @@ class Conditioning:
 class View:
     """One training view: cameras, the prompt conditioning, the render size."""
 
-    cameras: Any
+    cameras: Cameras | None  # None in the 2D mode, which has no camera
     cond: Conditioning
     resolution: int
 
 
 @dataclass
 class Rendered:
-    rgb: Tensor  # [B,3,H,W] in [0,1], channels first for the prior
+    image: Tensor  # [B,C,H,W], channels first, in `space`
+    # "rgb": colours in [0,1] that the prior encodes (every renderer); "prior": already the
+    # prior's x0, latents or [-1,1] pixels (the 2D mode's particles, the Gaussian example)
+    space: Literal["rgb", "prior"] = "rgb"
     extras: dict[str, Tensor] = field(default_factory=dict)  # opacity, depth, ... for regularisers
     # a deferred render: rgb and extras are graph-less leaves, and after the loss's backward this
     # carries their gradients on into the parameters (re-rendering in chunks with the graph)

@@ -1,6 +1,6 @@
 """Score distillation: each method turns renders x0 into an image-space gradient (a surrogate loss)."""
 
-from prolificli.distill.base import Conditioning, DistillOutput, surrogate_loss
+from prolificli.distill.base import Conditioning, DistillerState, DistillOutput, surrogate_loss
 from prolificli.distill.esd import ESD
 from prolificli.distill.lookahead import L2VSD, LVSD
 from prolificli.distill.schedule import TimestepSchedule, weight
@@ -16,6 +16,7 @@ __all__ = [
     "VSD",
     "Conditioning",
     "DistillOutput",
+    "DistillerState",
     "ScoreModel",
     "TimestepSchedule",
     "surrogate_loss",

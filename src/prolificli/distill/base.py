@@ -25,6 +25,15 @@ def resolved_cfg_scale(guidance) -> float:
 
 
 @dataclass
+class DistillerState:
+    """What a stage's checkpoint keeps of a distiller: its tensors (safetensors; VSD: the score
+    model's LoRA and camera MLP) and its optimiser's state. SDS keeps neither."""
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    optimizer: dict | None = None
+
+
+@dataclass
 class DistillOutput:
     """loss: scalar whose gradient w.r.t. x0 is grad / B; grad: the detached image-space update;
     logs: floats or 0-dim tensors (read only when the loop logs them)."""

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from prolificli.config import GuidanceConfig
-from prolificli.distill.base import (Conditioning, DistillOutput, grad_norm, resolved_cfg_scale, sample_noise,
-                                     surrogate_loss)
+from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, grad_norm, resolved_cfg_scale,
+                                     sample_noise, surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 
 
@@ -49,9 +49,9 @@ class SDS:
         logs = {"t": t.float().mean(), "grad_norm": grad_norm(grad)}
         return DistillOutput(loss=loss, grad=grad, logs=logs)
 
-    def state_dict(self) -> dict:
-        return {}
+    def state_dict(self) -> DistillerState:
+        return DistillerState()
 
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"SDS keeps no state, got keys {sorted(state)}")
+    def load_state_dict(self, state: DistillerState) -> None:
+        if state.tensors or state.optimizer is not None:
+            raise ValueError(f"SDS keeps no state, got tensors {sorted(state.tensors)[:3]}")

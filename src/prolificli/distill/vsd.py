@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from prolificli.config import GuidanceConfig, ScoreModelConfig
-from prolificli.distill.base import (Conditioning, DistillOutput, grad_norm, resolved_cfg_scale, sample_noise,
-                                     surrogate_loss)
+from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, grad_norm, resolved_cfg_scale,
+                                     sample_noise, surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 from prolificli.distill.score_model import ScoreModel
 
@@ -109,12 +109,11 @@ class VSD:
         (L2-VSD: its linear term). Called with the gradient of phi's first update in the .grad."""
         return 0.0, {}
 
-    def state_dict(self) -> dict:
-        return {
-            "score_model": self.score_model.trainable_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
+    def state_dict(self) -> DistillerState:
+        return DistillerState(self.score_model.trainable_state_dict(), self.optimizer.state_dict())
 
-    def load_state_dict(self, state: dict) -> None:
-        self.score_model.load_trainable_state_dict(state["score_model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: DistillerState) -> None:
+        self.score_model.load_trainable_state_dict(state.tensors)
+        if state.optimizer is None:
+            raise ValueError("the checkpoint has no optimiser state for the score model")
+        self.optimizer.load_state_dict(state.optimizer)

@@ -1,27 +1,32 @@
-"""What every optimisation stage does around the loop: resume, checkpoints, previews, manifest.
+"""The skeleton every optimisation stage (nerf, geometry, texture) runs, in four calls:
 
-A stage builds its `Problem` (which also knows its own tensors and optimisers) and its
-distiller, then calls `optimise`. Checkpoint layout, shared by the stages:
-    tensors:          the problem's tensors, "distiller.*" (VSD's score model), "rng.generator"
-    optimizer states: "particle{i}" per optimiser of the problem, "distiller"
+    opened  = open_stage(run, "texture", recipe, resume=..., force=...)   create, resume or start again
+    session = start_session(opened.recipe, console)                       seeds, generators, the prior
+    problem, distiller = ...                                              the stage's own part
+    result  = optimize_stage(opened, session, problem, distiller, ...)    restore, loop, checkpoint, finish
+
+A stage's `StageProblem` knows its tensors and optimisers; the distiller its own state
+(`DistillerState`); the checkpoint keys are `artifacts.Keys`.
 """
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import (ArtifactError, Checkpoint, StageDir, find_checkpoint, load_checkpoint, prefixed,
-                         save_checkpoint)
+from ..artifacts import (ArtifactError, Checkpoint, Keys, RunDir, StageDir, find_checkpoint, load_checkpoint,
+                         prefixed, save_checkpoint)
 from ..cameras import Cameras, view_prompts
-from ..distill import Conditioning
+from ..config import Recipe, stored_recipe, to_dict
+from ..distill import Conditioning, DistillerState
 from ..files import png_bytes, write_bytes_atomic
-from ..optimize import Interrupted, LoopHooks, Problem, View, optimization_step, run_loop
+from ..optimize import Interrupted, LoopHooks, View, device_generator, optimization_step, run_loop
 
 
 class Prompter:
@@ -43,14 +48,28 @@ class Prompter:
         return View(cameras=cameras.to(self.prior.device), cond=cond, resolution=resolution)
 
 
-class StageProblem(Problem, Protocol):
+class StageProblem:
+    """What a stage optimises (optimize.Problem: n_particles, sample_view, render, regularization,
+    optimizer), plus what the stage keeps of it: its tensors, its optimisers and a preview."""
+
+    n_particles: int
     optimizers: list[torch.optim.Optimizer]
 
-    def tensors(self) -> dict[str, torch.Tensor]: ...
+    def optimizer(self, particle: int) -> torch.optim.Optimizer:
+        return self.optimizers[particle]
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
-    def preview(self, resolution: int) -> np.ndarray: ...
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def preview(self, resolution: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self, step: int) -> str:
+        """Extra text for the progress bar at `step` (the NeRF stage: its render size)."""
+        return ""
 
 
 @dataclass
@@ -60,6 +79,23 @@ class LoopSettings:
     preview_every: int
     preview_resolution: int
     log_every: int
+
+    @classmethod
+    def of(cls, stage_cfg) -> LoopSettings:
+        """From a stage's config section (nerf, geometry, texture all carry these five)."""
+        return cls(stage_cfg.steps, stage_cfg.checkpoint_every, stage_cfg.preview_every,
+                   stage_cfg.preview_resolution, stage_cfg.log_every)
+
+
+@dataclass
+class OpenedStage:
+    """A stage ready to run: where it writes, the recipe it runs, what it resumes from."""
+
+    run: RunDir
+    stage: StageDir
+    recipe: Recipe
+    checkpoint: Checkpoint | None  # None: a fresh start (or a resume that died before its first)
+    resumed: dict | None  # the manifest of the attempt being resumed
 
 
 def resume_checkpoint(stage: StageDir, command: str) -> tuple[dict, Checkpoint | None]:
@@ -74,15 +110,6 @@ def resume_checkpoint(stage: StageDir, command: str) -> tuple[dict, Checkpoint |
     return manifest, load_checkpoint(stage.checkpoint_dir) if has_checkpoint else None
 
 
-def refuse_existing(stage: StageDir, command: str, run_path) -> None:
-    if stage.manifest is None:
-        return
-    status = stage.manifest.get("status")
-    hint = "pass --force to start it again" if status == "complete" else \
-        f"continue it with `prolific {command} --resume {run_path}` or pass --force to start again"
-    raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
-
-
 def clear_stage(stage: StageDir) -> None:
     """--force: remove a previous attempt's files so nothing stale survives into the new one."""
     stage.close()
@@ -90,42 +117,89 @@ def clear_stage(stage: StageDir) -> None:
         shutil.rmtree(stage.path)
 
 
-def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable[[torch.Tensor], torch.Tensor],
-             generator: torch.Generator, settings: LoopSettings, *, config: Any, inputs: list,
-             checkpoint: Checkpoint | None, console: Console, title: str, outputs: list[str],
-             finalize: Callable[[], list[str]] | None = None, extra: dict | None = None,
-             tensor_generator: torch.Generator | None = None) -> int:
-    """Restore from `checkpoint` (if any), run the loop to settings.steps, write the final
-    checkpoint (and whatever `finalize` writes), mark the stage complete. Raises Interrupted
-    after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises.
-    `tensor_generator` (see optimize.device_generator) is checkpointed too when it is not `generator`."""
-    separate = tensor_generator is not None and tensor_generator is not generator
+def open_stage(run: RunDir, name: str, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
+               again: str = "pass --force to start it again", resumable: bool = True) -> OpenedStage:
+    """Resume (with the recipe the stage started with), start again (--force: the old attempt
+    removed), or start; an existing stage without --resume or --force is an error whose hint
+    is `again` (and --resume, for a `resumable` stage that did not complete)."""
+    stage = run.stage(name)
+    if resume:
+        manifest, checkpoint = resume_checkpoint(stage, name)
+        return OpenedStage(run, stage, stored_recipe(manifest["config"]), checkpoint, manifest)
+    if force:
+        clear_stage(stage)
+    elif stage.manifest is not None:
+        status = stage.manifest.get("status")
+        hint = again if status == "complete" or not resumable else \
+            f"continue it with `prolific {name} --resume {run.path}` or {again}"
+        raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
+    return OpenedStage(run, stage, recipe, None, None)
+
+
+@dataclass
+class Session:
+    """The seeded randomness and the prior of one stage run."""
+
+    prior: object
+    generator: torch.Generator  # every host decision of the loop (cameras, particle, background)
+    tensor_generator: torch.Generator  # the step's tensors (see optimize.device_generator)
+
+
+def start_session(recipe: Recipe, console: Console) -> Session:
+    from ..prior import load_prior
+
+    torch.manual_seed(recipe.seed)  # parameter initialisation
+    generator = torch.Generator().manual_seed(recipe.seed)
+    console.print(f"[dim]loading prior {recipe.prior.model}[/]")
+    prior = load_prior(recipe.prior)
+    return Session(prior, generator, device_generator(generator, prior.device))
+
+
+@dataclass
+class StageResult:
+    run_dir: Path
+    stage: str
+    status: str
+    step: int
+    steps: int
+    seconds: float
+    outputs: list[str]  # relative to the stage directory
+
+
+def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem, distiller, *,
+                   settings: LoopSettings, inputs: list, title: str, console: Console,
+                   finalize: Callable[[], list[str]] | None = None, extra: dict | None = None) -> StageResult:
+    """Restore from the opened stage's checkpoint (if any), run the loop to settings.steps, write
+    the final checkpoint (and whatever `finalize` writes), mark the stage complete. Raises
+    Interrupted after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises."""
+    stage, checkpoint = opened.stage, opened.checkpoint
+    generator, tensor_generator = session.generator, session.tensor_generator
+    separate = tensor_generator is not generator
     start = 0
     if checkpoint is not None:
         problem.load_tensors(checkpoint.tensors)
         for i, optimizer in enumerate(problem.optimizers):
-            optimizer.load_state_dict(checkpoint.optimizer_states[f"particle{i}"])
-        if "distiller" in checkpoint.optimizer_states:  # SDS has no state of its own
-            distiller.load_state_dict({"score_model": prefixed(checkpoint.tensors, "distiller."),
-                                       "optimizer": checkpoint.optimizer_states["distiller"]})
-        generator.set_state(checkpoint.tensors["rng.generator"])
-        if separate and "rng.tensor_generator" in checkpoint.tensors:  # else: a CPU run resumed on a GPU
-            tensor_generator.set_state(checkpoint.tensors["rng.tensor_generator"])
+            optimizer.load_state_dict(checkpoint.optimizer_states[Keys.optimizer(i)])
+        distiller.load_state_dict(DistillerState(prefixed(checkpoint.tensors, Keys.DISTILLER),
+                                                 checkpoint.optimizer_states.get(Keys.DISTILLER_OPTIMIZER)))
+        generator.set_state(checkpoint.tensors[Keys.GENERATOR])
+        if separate and Keys.TENSOR_GENERATOR in checkpoint.tensors:  # else: a CPU run resumed on a GPU
+            tensor_generator.set_state(checkpoint.tensors[Keys.TENSOR_GENERATOR])
         start = checkpoint.step
         console.print(f"[dim]resuming {stage.path} from step {start}[/]")
-    stage.begin(config, settings.steps, inputs=inputs, step=start)
+    stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start)
     last_checkpoint = [start]  # what a failed run can be resumed from
 
     def write_checkpoint(step: int) -> None:
         tensors = problem.tensors()
-        distiller_state = distiller.state_dict()
-        tensors.update({f"distiller.{k}": v for k, v in distiller_state.get("score_model", {}).items()})
-        tensors["rng.generator"] = generator.get_state()
+        state = distiller.state_dict()
+        tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
+        tensors[Keys.GENERATOR] = generator.get_state()
         if separate:
-            tensors["rng.tensor_generator"] = tensor_generator.get_state()
-        optimizer_states = {f"particle{i}": opt.state_dict() for i, opt in enumerate(problem.optimizers)}
-        if "optimizer" in distiller_state:
-            optimizer_states["distiller"] = distiller_state["optimizer"]
+            tensors[Keys.TENSOR_GENERATOR] = tensor_generator.get_state()
+        optimizer_states = {Keys.optimizer(i): opt.state_dict() for i, opt in enumerate(problem.optimizers)}
+        if state.optimizer is not None:
+            optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
         save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states, extra={"stage": stage.name, **(extra or {})})
         last_checkpoint[0] = step
         stage.progress(step, force=True)
@@ -135,17 +209,14 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
         write_bytes_atomic(stage.previews_dir / f"step-{step:06d}.png", png)
         write_bytes_atomic(stage.previews_dir / "latest.png", png)
 
-    schedule = getattr(distiller, "schedule", None)
-
     def describe(step: int) -> str:
-        lo, hi = schedule.t_range(step) if schedule is not None else (0, 0)
-        resolution = problem.resolution_at(step) if hasattr(problem, "resolution_at") else None
-        return (f"res {resolution} " if resolution else "") + f"t [{lo},{hi}]"
+        lo, hi = distiller.schedule.t_range(step)
+        return " ".join(part for part in (problem.describe(step), f"t [{lo},{hi}]") if part)
 
     hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview,
                       log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
-    step_fn = lambda step: optimization_step(problem, encode, distiller, step, generator,  # noqa: E731
-                                             tensor_generator=tensor_generator)
+    step_fn = lambda step: optimization_step(problem, session.prior.encode_images, distiller, step,  # noqa: E731
+                                             generator, tensor_generator=tensor_generator)
     try:
         done = run_loop(step_fn, start=start, steps=settings.steps, hooks=hooks,
                         checkpoint_every=settings.checkpoint_every, preview_every=settings.preview_every,
@@ -161,5 +232,7 @@ def optimise(stage: StageDir, problem: StageProblem, distiller, encode: Callable
     except BaseException as exc:
         stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
         raise
-    stage.finish("complete", done, outputs=["checkpoint/weights.safetensors", "previews/latest.png", *outputs, *written])
-    return done
+    outputs = ["checkpoint/weights.safetensors", "previews/latest.png", *written]
+    stage.finish("complete", done, outputs=outputs)
+    return StageResult(opened.run.path, stage.name, "complete", done, settings.steps,
+                       float(stage.manifest["timings"]["seconds"]), outputs)

@@ -15,7 +15,7 @@ from ..config import Recipe, to_dict
 from ..files import write_png
 from ..mesh.export import save_ply
 from ..surface import extract_surface
-from .common import clear_stage
+from .common import open_stage
 from .mesh_preview import preview_grid
 
 STAGE = "extract"
@@ -36,11 +36,7 @@ def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console 
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
-    stage = run.stage(STAGE)
-    if stage.manifest is not None and not force:
-        raise ArtifactError(f"{stage.path} already exists (status: {stage.manifest.get('status')}); "
-                            "pass --force to extract again")
-    clear_stage(stage)
+    stage = open_stage(run, STAGE, recipe, force=force, again="pass --force to extract again", resumable=False).stage
     nerf = open_nerf(run)
     nerf_recipe, k = nerf.recipe, recipe.extract.particle
     field, _ = nerf.particle(k)

@@ -8,7 +8,6 @@ smoothness terms: normal consistency (neighbouring faces agree) and the uniform 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,21 @@ from rich.console import Console
 
 from ..artifacts import Keys, RunDir, prefixed
 from ..cameras import sample_cameras
-from ..config import Recipe, stored_recipe, to_dict
+from ..config import Recipe
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
-from ..optimize import OptimisationFailed, Rendered, View, device_generator
-from ..prior import load_prior
+from ..methods import build_distiller
+from ..optimize import OptimizationFailed, Rendered, View
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
-from ..methods import build_distiller
-from .common import LoopSettings, Prompter, clear_stage, optimise, refuse_existing, resume_checkpoint
+from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
 STAGE = "geometry"
 
 
-class GeometryProblem:
+class GeometryProblem(StageProblem):
     """One DMTet surface; the prior sees its normal map, or it lit by a fixed light (`shading`)."""
 
     n_particles = 1
@@ -82,7 +80,7 @@ class GeometryProblem:
     def render(self, particle: int, view: View, step: int) -> Rendered:
         self.mesh = self.dmtet.mesh()
         if len(self.mesh.faces) == 0:
-            raise OptimisationFailed(f"the surface vanished at step {step} (every SDF value is positive); "
+            raise OptimizationFailed(f"the surface vanished at step {step} (every SDF value is positive); "
                                      "lower geometry.lr or raise the regulariser weights")
         out = render_mesh(self.mesh, view.cameras, view.resolution, self.cfg.render)
         if self.cfg.shading == "normal":
@@ -94,7 +92,7 @@ class GeometryProblem:
                 color = color.index_put((hit,), self.surface_color(out.position[hit], out.normal[hit]))
         white = torch.ones_like(color)
         image = out.composite(color, white)
-        return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
+        return Rendered(image=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         consistency = normal_consistency(self.mesh)
@@ -102,9 +100,6 @@ class GeometryProblem:
         loss = self.cfg.lambda_normal_consistency * consistency + self.cfg.lambda_laplacian * laplacian
         return loss, {"normal_consistency": float(consistency.detach()), "laplacian": float(laplacian.detach()),
                       "faces": len(self.mesh.faces)}
-
-    def optimizer(self, particle: int) -> torch.optim.Optimizer:
-        return self.optimizers[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {Keys.DMTET + k: v for k, v in self.dmtet.tensors().items()}
@@ -125,50 +120,28 @@ class GeometryProblem:
         return preview_grid(self.colored_mesh(), self.recipe, resolution=resolution)
 
 
-@dataclass
-class GeometryResult:
-    run_dir: Path
-    step: int
-    steps: int
-    seconds: float
-
-
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        console: Console | None = None) -> GeometryResult:
+        console: Console | None = None) -> StageResult:
     from ..outputs import open_mesh, open_nerf
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
-    stage = run.stage(STAGE)
-    checkpoint = None
-    if resume:
-        manifest, checkpoint = resume_checkpoint(stage, STAGE)
-        recipe = stored_recipe(manifest["config"])  # the config it started with
-    elif force:
-        clear_stage(stage)
-    else:
-        refuse_existing(stage, STAGE, run.path)
-    extract = open_mesh(run, "extract")
-    dmtet = extract.dmtet
+    opened = open_stage(run, STAGE, recipe, resume=resume, force=force)
+    recipe = opened.recipe
+    dmtet = open_mesh(run, "extract").dmtet
     albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
 
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-    prior = load_prior(recipe.prior)
-    dmtet = dmtet.to(prior.device)
+    session = start_session(recipe, console)
+    prior = session.prior
     prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
-    problem = GeometryProblem(recipe, dmtet, albedo_field.to(prior.device), prompter, generator)
+    problem = GeometryProblem(recipe, dmtet.to(prior.device), albedo_field.to(prior.device), prompter,
+                              session.generator)
     distiller = build_distiller(recipe.geometry.guidance, recipe, prior)
-    cfg = recipe.geometry
-    settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
 
     def finalize() -> list[str]:
-        save_ply(problem.colored_mesh(), stage.path / "mesh.ply")
+        save_ply(problem.colored_mesh(), opened.stage.path / "mesh.ply")
         return ["mesh.ply"]
 
-    done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=to_dict(recipe),
-                    inputs=[run.stage("extract").checkpoint_dir], checkpoint=checkpoint, console=console,
-                    title=f"geometry {cfg.guidance.method}", outputs=[], finalize=finalize,
-                    tensor_generator=device_generator(generator, prior.device))
-    return GeometryResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]))
+    return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(recipe.geometry),
+                          inputs=[run.stage("extract").checkpoint_dir], title=f"geometry {recipe.geometry.guidance.method}",
+                          console=console, finalize=finalize)

@@ -2,32 +2,30 @@
 
 This file only assembles parts: the particles and their renderer (`NeRFParticles`, the
 `Problem` the generic loop optimises), the prior, the distiller, and the run directory. With
-scene.representation: image the particles are images instead (`scene/image.py`, the 2D mode),
+scene.representation: image the particles are images instead (`stages/image.py`, the 2D mode),
 written as RUN/nerf/images/particleK.png at the end; the mesh stages refuse such a run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, prefixed
+from ..artifacts import Keys, RunDir, prefixed
 from ..cameras import evaluation_orbit, sample_cameras
-from ..config import Recipe, stored_recipe, to_dict
-from ..optimize import Rendered, View, device_generator
-from ..prior import DiffusionPrior, load_prior
+from ..config import Recipe
+from ..methods import build_distiller
+from ..optimize import Rendered, View
+from ..prior import DiffusionPrior
 from ..render.background import Background
 from ..render.occupancy import OccupancyGrid
 from ..render.volume import render, use_deferred
-from ..scene.image import ImageParticles
 from ..scene.nerf import NeRFField
-from ..methods import build_distiller
-from .common import LoopSettings, Prompter, optimise, resume_checkpoint
+from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
+from .image import ImageParticles
 
 STAGE = "nerf"
 
@@ -46,7 +44,7 @@ def opaque_weight(recipe: Recipe, step: int) -> float:
     return cfg.lambda_opaque_final if step >= cfg.opaque_start_step else cfg.lambda_opaque
 
 
-class NeRFParticles:
+class NeRFParticles(StageProblem):
     """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i))."""
 
     def __init__(self, recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
@@ -99,7 +97,7 @@ class NeRFParticles:
                      background_color=background_color, generator=self.tensor_generator, occupancy=grid,
                      deferred=deferred)
         logs["samples_per_ray"] = out.samples_per_ray
-        return Rendered(rgb=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth},
+        return Rendered(image=out.rgb.permute(0, 3, 1, 2), extras={"opacity": out.opacity, "depth": out.depth},
                         replay=out.replay, logs=logs)
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -113,28 +111,27 @@ class NeRFParticles:
         loss = cfg.lambda_sparsity * sparsity + opaque_weight(self.recipe, step) * opaque
         return loss, {"sparsity": sparsity.detach(), "opaque": opaque.detach()}
 
-    def optimizer(self, particle: int) -> torch.optim.Optimizer:
-        return self.optimizers[particle]
-
-    def resolution_at(self, step: int) -> int:
-        return resolution_at(self.recipe, step)
+    def describe(self, step: int) -> str:
+        return f"res {resolution_at(self.recipe, step)}"
 
     # -- checkpoint state -----------------------------------------------------------------------
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
-            out.update({f"particle{i}.field.{k}": v for k, v in field.state_dict().items()})
-            out.update({f"particle{i}.background.{k}": v for k, v in background.state_dict().items()})
+            part = Keys.particle(i)
+            out.update({f"{part}field.{k}": v for k, v in field.state_dict().items()})
+            out.update({f"{part}background.{k}": v for k, v in background.state_dict().items()})
             if grid is not None:
-                out.update({f"particle{i}.occupancy.{k}": v for k, v in grid.tensors().items()})
+                out.update({f"{part}occupancy.{k}": v for k, v in grid.tensors().items()})
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
-            field.load_state_dict(prefixed(tensors, f"particle{i}.field."))
-            background.load_state_dict(prefixed(tensors, f"particle{i}.background."))
-            grid_state = prefixed(tensors, f"particle{i}.occupancy.")
+            part = Keys.particle(i)
+            field.load_state_dict(prefixed(tensors, part + "field."))
+            background.load_state_dict(prefixed(tensors, part + "background."))
+            grid_state = prefixed(tensors, part + "occupancy.")
             if grid is not None and grid_state:  # a checkpoint from before occupancy grids: a fresh grid
                 grid.load_tensors(grid_state)
 
@@ -151,63 +148,26 @@ class NeRFParticles:
         return (grid.cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def write_images(particles: ImageParticles, stage_path: Path) -> list[str]:
-    """A 2D run's particles as PNGs at the prior's resolution: images/particleK.png."""
-    from ..files import to_uint8, write_png
-
-    (stage_path / "images").mkdir(exist_ok=True)
-    names = [f"images/particle{i}.png" for i in range(particles.n_particles)]
-    for name, image in zip(names, to_uint8(particles.rgb().permute(0, 2, 3, 1))):
-        write_png(image, stage_path / name)
-    return names
-
-
 def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
-                 tensor_generator: torch.Generator | None = None) -> tuple[NeRFParticles | ImageParticles, Callable]:
-    """The particles of scene.representation and how their renders reach the prior's space."""
+                 tensor_generator: torch.Generator | None = None) -> NeRFParticles | ImageParticles:
+    """The particles of scene.representation."""
     if recipe.scene.representation == "image":
-        return ImageParticles(recipe, prior, prompt, generator), lambda x0: x0  # the particles are x0 already
-    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator), prior.encode_images
+        return ImageParticles(recipe, prior, prompt, generator)
+    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator)
 
 
-@dataclass
-class NeRFResult:
-    run_dir: Path
-    status: str
-    step: int
-    steps: int
-    seconds: float
-
-
-def run(recipe: Recipe, prompt: str, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None) -> NeRFResult:
-    """Train (or resume) the NeRF stage of `run_dir`. Raises Interrupted on Ctrl-C after checkpointing."""
+def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = False,
+        console: Console | None = None) -> StageResult:
+    """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`. Raises
+    Interrupted on Ctrl-C after checkpointing."""
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir) if resume else RunDir.create(run_dir, prompt, recipe.seed, recipe.name)
-    stage = run.stage(STAGE)
-    checkpoint = None
-    if resume:
-        manifest, checkpoint = resume_checkpoint(stage, "nerf")
-        recipe = stored_recipe(manifest["config"])  # bit-for-bit the config the run started with
-        prompt = run.info["prompt"]
-    elif stage.manifest is not None:
-        status = stage.manifest.get("status")
-        hint = "choose another --out" if status == "complete" else \
-            f"continue it with `prolific nerf --resume {run.path}` or choose another --out"
-        raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
-
-    torch.manual_seed(recipe.seed)  # parameter initialisation
-    generator = torch.Generator().manual_seed(recipe.seed)  # every random draw of the loop
-    console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-    prior = load_prior(recipe.prior)
-    tensor_generator = device_generator(generator, prior.device)
-    particles, encode = make_problem(recipe, prior, prompt, generator, tensor_generator)
-    finalize = (lambda: write_images(particles, stage.path)) if isinstance(particles, ImageParticles) else None
-    distiller = build_distiller(recipe.guidance, recipe, prior)
-    cfg = recipe.nerf
-    settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
-    done = optimise(stage, particles, distiller, encode, generator, settings, config=to_dict(recipe),
-                    inputs=[], checkpoint=checkpoint, console=console,
-                    title=f"{recipe.scene.representation} {recipe.guidance.method}", outputs=[],
-                    finalize=finalize, extra={"prompt": prompt}, tensor_generator=tensor_generator)
-    return NeRFResult(run.path, "complete", done, cfg.steps, float(stage.manifest["timings"]["seconds"]))
+    opened = open_stage(run, STAGE, recipe, resume=resume, again="choose another --out")
+    recipe, prompt = opened.recipe, run.info["prompt"]
+    session = start_session(recipe, console)
+    particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator)
+    finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
+    distiller = build_distiller(recipe.guidance, recipe, session.prior)
+    return optimize_stage(opened, session, particles, distiller, settings=LoopSettings.of(recipe.nerf), inputs=[],
+                          title=f"{recipe.scene.representation} {recipe.guidance.method}", console=console,
+                          finalize=finalize, extra={"prompt": prompt})

@@ -9,7 +9,6 @@ and written as OBJ + MTL + PNG and as one GLB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,22 @@ from rich.console import Console
 
 from ..artifacts import Keys, RunDir, prefixed
 from ..cameras import sample_cameras
-from ..config import Recipe, stored_recipe, to_dict
+from ..config import Recipe
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
-from ..optimize import Rendered, View, device_generator
-from ..prior import load_prior
+from ..optimize import Rendered, View
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
 from ..methods import build_distiller
 from ..outputs import open_latest_mesh
-from .common import (LoopSettings, Prompter, clear_stage, optimise, refuse_existing,
-                     resume_checkpoint)
+from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
 STAGE = "texture"
 
 
-class TextureProblem:
+class TextureProblem(StageProblem):
     n_particles = 1
 
     def __init__(self, recipe: Recipe, mesh: Mesh, prompter: Prompter, generator: torch.Generator):
@@ -64,13 +61,10 @@ class TextureProblem:
             solid = torch.rand(len(cameras), 3, generator=self.generator).to(background.device)
             background = solid[:, None, None, :].expand_as(background)
         image = out.composite(color, background)
-        return Rendered(rgb=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
+        return Rendered(image=image.permute(0, 3, 1, 2), extras={"opacity": out.opacity})
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return rendered.rgb.new_zeros(()), {}
-
-    def optimizer(self, particle: int) -> torch.optim.Optimizer:
-        return self.optimizers[0]
+        return rendered.image.new_zeros(()), {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {Keys.FIELD + k: v for k, v in self.field.state_dict().items()}
@@ -95,47 +89,30 @@ def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Pa
     return surface.surface(), surface.stage, [run.stage(surface.stage).checkpoint_dir], torch.zeros(3), 1.0
 
 
-@dataclass
-class TextureResult:
-    run_dir: Path
-    step: int
-    steps: int
-    seconds: float
-    glb: Path
-
-
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None) -> TextureResult:
+        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None) -> StageResult:
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists() and prompt is not None and recipe is not None and not resume:
         run = RunDir.create(run_dir, prompt, recipe.seed, recipe.name)  # texturing a mesh file from scratch
     else:
         run = RunDir.open(run_dir)
-    stage = run.stage(STAGE)
-    checkpoint = None
-    if resume:
-        manifest, checkpoint = resume_checkpoint(stage, STAGE)
-        recipe = stored_recipe(manifest["config"])
+    opened = open_stage(run, STAGE, recipe, resume=resume, force=force)
+    recipe, cfg = opened.recipe, opened.recipe.texture
+    if opened.resumed is not None:
         # the mesh it started from: a mesh file is its first input (a stage's input is a checkpoint dir)
-        first_input = Path(manifest["inputs"][0]["path"]) if manifest.get("inputs") else None
+        inputs = opened.resumed.get("inputs") or []
+        first_input = Path(inputs[0]["path"]) if inputs else None
         mesh_path = first_input if first_input is not None and first_input.is_file() else None
-    elif force:
-        clear_stage(stage)
-    else:
-        refuse_existing(stage, STAGE, run.path)
     mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
 
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces); loading prior {recipe.prior.model}[/]")
-    prior = load_prior(recipe.prior)
+    console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces)[/]")
+    session = start_session(recipe, console)
+    prior = session.prior
     mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
     prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
-    problem = TextureProblem(recipe, mesh, prompter, generator)
-    distiller = build_distiller(recipe.texture.guidance, recipe, prior)
-    cfg = recipe.texture
-    settings = LoopSettings(cfg.steps, cfg.checkpoint_every, cfg.preview_every, cfg.preview_resolution, cfg.log_every)
+    problem = TextureProblem(recipe, mesh, prompter, session.generator)
+    distiller = build_distiller(cfg.guidance, recipe, prior)
 
     def finalize() -> list[str]:
         with console.status("baking the texture into a UV atlas"):
@@ -147,14 +124,10 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
 
             image = bake_texture(uv_mesh, color_fn, size=cfg.texture_size)
             uv_mesh.vertices = uv_mesh.vertices / scale + centre  # back to the source mesh's own coordinates
-            written = save_obj(uv_mesh, image, stage.path / "model.obj")
-            written.append(save_glb(uv_mesh, image, stage.path / "model.glb"))
+            written = save_obj(uv_mesh, image, opened.stage.path / "model.obj")
+            written.append(save_glb(uv_mesh, image, opened.stage.path / "model.glb"))
         return [p.name for p in written]
 
-    config = to_dict(recipe)
-    done = optimise(stage, problem, distiller, prior.encode_images, generator, settings, config=config,
-                    inputs=inputs, checkpoint=checkpoint, console=console, title=f"texture {cfg.guidance.method}",
-                    outputs=[], finalize=finalize, extra={"mesh": source},
-                    tensor_generator=device_generator(generator, prior.device))
-    return TextureResult(run.path, done, cfg.steps, float(stage.manifest["timings"]["seconds"]),
-                         stage.path / "model.glb")
+    return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(cfg), inputs=inputs,
+                          title=f"texture {cfg.guidance.method}", console=console, finalize=finalize,
+                          extra={"mesh": source})

@@ -119,7 +119,7 @@ class GaussianParticle:
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
         c = torch.randn(self.batch, DIM, generator=self.generator)
-        return Rendered(rgb=(self.m + c @ self.A.T).view(self.batch, DIM, 1, 1))
+        return Rendered(image=(self.m + c @ self.A.T).view(self.batch, DIM, 1, 1), space="prior")
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[Tensor, dict[str, float]]:
         return torch.zeros(()), {}

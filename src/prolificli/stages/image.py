@@ -3,22 +3,26 @@
 With the identity "renderer" the distillation methods can be compared with no 3D at all: what a
 method converges to is then a distribution of images, which ancestral sampling from the prior
 shows directly (ProlificDreamer Sec. 5.1 and the L2-VSD paper run the same experiment). theta is
-what the prior's encoder would produce (pixels in [-1, 1], or latents), so the stage's `encode` is
-the identity and `prior.decode` shows it. There is no camera: the score model gets the zero camera
+what the prior's encoder would produce (pixels in [-1, 1], or latents): its renders are in the
+prior's space already (`Rendered.space == "prior"`) and `prior.decode` shows them. There is no camera: the score model gets the zero camera
 (its "any view" condition) and both models the plain prompt.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from ..artifacts import Keys
 from ..config import Recipe
-from ..files import to_uint8
+from ..files import to_uint8, write_png
 from ..step import Conditioning, Rendered, View
+from .common import StageProblem
 
 
-class ImageParticles:
+class ImageParticles(StageProblem):
     """n images, each with its own Adam optimiser; the `Problem` of a 2D run."""
 
     def __init__(self, recipe: Recipe, prior, prompt: str, generator: torch.Generator):
@@ -44,23 +48,19 @@ class ImageParticles:
         return View(cameras=None, cond=cond, resolution=self.resolution)
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
-        # already x0: the stage's encode is the identity
         batch = view.cond.text_emb.shape[0]
-        return Rendered(rgb=self.images[particle].unsqueeze(0).expand(batch, -1, -1, -1))
+        return Rendered(image=self.images[particle].unsqueeze(0).expand(batch, -1, -1, -1), space="prior")
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return torch.zeros((), device=rendered.rgb.device), {}
-
-    def optimizer(self, particle: int) -> torch.optim.Optimizer:
-        return self.optimizers[particle]
+        return torch.zeros((), device=rendered.image.device), {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"particle{i}.image": image.detach() for i, image in enumerate(self.images)}
+        return {Keys.particle(i) + "image": image.detach() for i, image in enumerate(self.images)}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for i, image in enumerate(self.images):
-                image.copy_(tensors[f"particle{i}.image"])
+                image.copy_(tensors[Keys.particle(i) + "image"])
 
     @torch.no_grad()
     def rgb(self) -> torch.Tensor:
@@ -72,3 +72,11 @@ class ImageParticles:
         """The particles side by side, each scaled to `resolution` (nearest: the pixels as they are)."""
         rgb = torch.nn.functional.interpolate(self.rgb(), size=(resolution, resolution), mode="nearest")
         return to_uint8(torch.cat(list(rgb.permute(0, 2, 3, 1)), dim=1)[None])[0]
+
+    def write_images(self, stage_path: Path) -> list[str]:
+        """The particles as PNGs at the prior's resolution: images/particleK.png."""
+        (stage_path / "images").mkdir(exist_ok=True)
+        names = [f"images/particle{i}.png" for i in range(self.n_particles)]
+        for name, image in zip(names, to_uint8(self.rgb().permute(0, 2, 3, 1))):
+            write_png(image, stage_path / name)
+        return names

@@ -68,7 +68,7 @@ def main() -> None:
     from prolificli.methods import build_recipe
     from prolificli.mesh.export import load_glb
     from prolificli.stages import extract, geometry, texture
-    from prolificli.toyworld.evaluate import chamfer_distance, evaluate_textured_mesh, object_size
+    from prolificli.toyworld.measures import chamfer_distance, evaluate_textured_mesh, object_size
     from prolificli.toyworld.scorer import load_scorer
     from prolificli.toyworld.shapes import ground_truth_mesh, parse_prompt
 

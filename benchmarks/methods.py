@@ -161,7 +161,7 @@ def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
     from prolificli.prior import load_prior
     from prolificli.render.volume import render
-    from prolificli.toyworld.evaluate import evaluate_particle
+    from prolificli.toyworld.measures import evaluate_particle
     from prolificli.toyworld.scorer import load_scorer
 
     scorer, inception = load_scorer(), InceptionFeatures()

@@ -262,7 +262,7 @@ def test_eval_needs_something_to_measure_and_a_loadable_clip(full_run):
 def test_toy_geometry_metrics_of_the_true_surface_are_perfect():
     """The toy world's own extracted truth (a sharp density of the true SDF) scores ~0 Chamfer and ~1 IoU."""
     from prolificli.evaluation.geometry import volume_iou
-    from prolificli.toyworld.evaluate import chamfer_distance, object_size
+    from prolificli.toyworld.measures import chamfer_distance, object_size
     from prolificli.toyworld.shapes import ground_truth_mesh, signed_distance
 
     truth = ground_truth_mesh("cube")

@@ -10,7 +10,7 @@ from prolificli.config import PriorConfig, Recipe
 from prolificli.prior import load_prior
 from prolificli.render.background import Background
 from prolificli.toyworld.data import BACKGROUND, make_dataset
-from prolificli.toyworld.evaluate import depth_error, evaluate_particle, silhouette_iou
+from prolificli.toyworld.measures import depth_error, evaluate_particle, silhouette_iou
 from prolificli.toyworld.scorer import load_scorer
 from prolificli.toyworld.shapes import ToyObject, ToyObjectField
 

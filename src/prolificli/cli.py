@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .config import GuidanceConfig
+from .config import ExtractConfig, GuidanceConfig, PriorConfig
 from .methods import build_recipe, methods_help
 
 DEFAULT_METHOD = GuidanceConfig.method
@@ -91,8 +91,7 @@ def nerf(
     particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1,
                                             help="Number of VSD particles (n NeRFs sharing one score model)."),
     model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="Diffusers model: hub id or local directory (default "
-                                             "stabilityai/stable-diffusion-2-1-base)."),
+                                        help=f"Diffusers model: hub id or local directory (default {PriorConfig.model})."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
@@ -212,9 +211,11 @@ RUN_ARGUMENT = typer.Argument(None, help="Run directory; read from stdin when om
 @app.command()
 def extract(
     run: Optional[Path] = RUN_ARGUMENT,
-    particle: Optional[int] = typer.Option(None, "--particle", "-p", min=0, help="Which NeRF particle (default 0)."),
+    particle: Optional[int] = typer.Option(None, "--particle", "-p", min=0,
+                                           help=f"Which NeRF particle (default {ExtractConfig.particle})."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=8,
-                                             help="Tet-grid cells along the object's longest side (default 128)."),
+                                             help="Tet-grid cells along the object's longest side "
+                                                  f"(default {ExtractConfig.resolution})."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0,
                                               help="Surface density level (default: measured where the NeRF "
                                                    "renders its silhouette)."),

@@ -48,7 +48,7 @@ def volume_iou(mesh: trimesh.Trimesh, inside_truth, lo: np.ndarray, hi: np.ndarr
 
 def geometry_metrics(run: RunDir, stage: str, prompt: str, particle: int = 0) -> dict | None:
     """{"chamfer_pct", "volume_iou"} for a toy-world prompt that names a shape; None otherwise."""
-    from ..toyworld.evaluate import chamfer_distance, object_size
+    from ..toyworld.measures import chamfer_distance, object_size
     from ..toyworld.shapes import ground_truth_mesh, parse_prompt, signed_distance
 
     shape, _ = parse_prompt(prompt)

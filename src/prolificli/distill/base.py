@@ -24,6 +24,17 @@ def resolved_cfg_scale(guidance) -> float:
     return float(guidance.cfg_scale)
 
 
+def draw_t_and_noise(schedule, x0: Tensor, step: int, t: Tensor | None, eps: Tensor | None,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """A method's random draws for the renders x0: t from the schedule at `step` and eps ~ N(0, I),
+    unless the caller fixed them (tests compare methods on the same draws)."""
+    if t is None:
+        t = schedule.sample(step, x0.shape[0], generator, device=x0.device)
+    if eps is None:
+        eps = sample_noise(x0, generator)
+    return t, eps
+
+
 @dataclass
 class DistillerState:
     """What a stage's checkpoint keeps of a distiller: its tensors (safetensors; VSD: the score

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from prolificli.config import GuidanceConfig
-from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, grad_norm, resolved_cfg_scale,
-                                     sample_noise, surrogate_loss)
+from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
+                                     resolved_cfg_scale, surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 
 
@@ -35,10 +35,7 @@ class SDS:
         eps: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> DistillOutput:
-        if t is None:
-            t = self.schedule.sample(step, x0.shape[0], generator, device=x0.device)
-        if eps is None:
-            eps = sample_noise(x0, generator)
+        t, eps = draw_t_and_noise(self.schedule, x0, step, t, eps, generator)
 
         x_t = self.prior.add_noise(x0.detach(), eps, t)
         with torch.no_grad():

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from prolificli.config import GuidanceConfig, ScoreModelConfig
-from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, grad_norm, resolved_cfg_scale,
-                                     sample_noise, surrogate_loss)
+from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
+                                     resolved_cfg_scale, surrogate_loss)
 from prolificli.distill.schedule import TimestepSchedule, weight
 from prolificli.distill.score_model import ScoreModel
 
@@ -54,10 +54,7 @@ class VSD:
         eps: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> DistillOutput:
-        if t is None:
-            t = self.schedule.sample(step, x0.shape[0], generator, device=x0.device)
-        if eps is None:
-            eps = sample_noise(x0, generator)
+        t, eps = draw_t_and_noise(self.schedule, x0, step, t, eps, generator)
         score_text_emb = cond.text_emb if cond.score_text_emb is None else cond.score_text_emb
 
         # Line 5. Neither UNet pass keeps a graph: the gradient skips the UNet Jacobians (Eq. 9),

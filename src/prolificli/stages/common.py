@@ -22,7 +22,7 @@ from rich.console import Console
 
 from ..artifacts import (ArtifactError, Checkpoint, Keys, RunDir, StageDir, find_checkpoint, load_checkpoint,
                          prefixed, save_checkpoint)
-from ..cameras import Cameras, view_prompts
+from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
 from ..files import png_bytes, write_bytes_atomic
@@ -37,6 +37,10 @@ class Prompter:
         self.prior, self.prompt, self.camera_cfg = prior, prompt, camera_cfg
         self.uncond_emb = prior.encode_prompts([negative_prompt])
         self.plain_emb = prior.encode_prompts([prompt])
+
+    def sample_view(self, batch: int, resolution: int, generator: torch.Generator) -> View:
+        """A batch of training cameras drawn from p(c) (the recipe's camera section) as a View."""
+        return self.view(sample_cameras(self.camera_cfg, batch, generator=generator), resolution)
 
     def view(self, cameras: Cameras, resolution: int) -> View:
         batch = len(cameras)

@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 
 from ..artifacts import Keys, RunDir, prefixed
-from ..cameras import sample_cameras
 from ..config import Recipe
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
@@ -74,8 +73,7 @@ class GeometryProblem(StageProblem):
         return albedo_across_surface(self.albedo_field, points, normals, self.half_width)
 
     def sample_view(self, step: int) -> View:
-        cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
-        return self.prompter.view(cameras, self.cfg.resolution)
+        return self.prompter.sample_view(self.cfg.batch_size, self.cfg.resolution, self.generator)
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
         self.mesh = self.dmtet.mesh()

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from ..artifacts import Keys, RunDir, prefixed
-from ..cameras import evaluation_orbit, sample_cameras
+from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..methods import build_distiller
 from ..optimize import Rendered, View
@@ -74,8 +74,7 @@ class NeRFParticles(StageProblem):
     # -- the Problem interface ----------------------------------------------------------------
 
     def sample_view(self, step: int) -> View:
-        cameras = sample_cameras(self.recipe.camera, self.recipe.nerf.batch_size, generator=self.generator)
-        return self.prompter.view(cameras, resolution_at(self.recipe, step))
+        return self.prompter.sample_view(self.recipe.nerf.batch_size, resolution_at(self.recipe, step), self.generator)
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
         cfg = self.recipe.nerf

@@ -16,7 +16,6 @@ import torch
 from rich.console import Console
 
 from ..artifacts import Keys, RunDir, prefixed
-from ..cameras import sample_cameras
 from ..config import Recipe
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
@@ -47,8 +46,7 @@ class TextureProblem(StageProblem):
         self.optimizers = [torch.optim.AdamW(groups, betas=nerf.adam_betas, eps=nerf.adam_eps, weight_decay=0.0)]
 
     def sample_view(self, step: int) -> View:
-        cameras = sample_cameras(self.recipe.camera, self.cfg.batch_size, generator=self.generator)
-        return self.prompter.view(cameras, self.cfg.resolution)
+        return self.prompter.sample_view(self.cfg.batch_size, self.cfg.resolution, self.generator)
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
         cameras, size = view.cameras, view.resolution

@@ -12,6 +12,7 @@ A stage's `StageProblem` knows its tensors and optimisers; the distiller its own
 from __future__ import annotations
 
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
 from ..files import png_bytes, write_bytes_atomic
-from ..optimize import Interrupted, LoopHooks, View, device_generator, optimization_step, run_loop
+from ..optimize import Interrupted, LoopHooks, Rendered, View, device_generator, optimization_step, run_loop
 
 
 class Prompter:
@@ -52,24 +53,33 @@ class Prompter:
         return View(cameras=cameras.to(self.prior.device), cond=cond, resolution=resolution)
 
 
-class StageProblem:
-    """What a stage optimises (optimize.Problem: n_particles, sample_view, render, regularization,
-    optimizer), plus what the stage keeps of it: its tensors, its optimisers and a preview."""
+class StageProblem(ABC):
+    """What a stage optimises (optimize.Problem), plus what the stage keeps of it: its tensors,
+    its optimisers (one per particle) and a preview."""
 
     n_particles: int
     optimizers: list[torch.optim.Optimizer]
 
+    @abstractmethod
+    def sample_view(self, step: int) -> View: ...
+
+    @abstractmethod
+    def render(self, particle: int, view: View, step: int) -> Rendered: ...
+
+    @abstractmethod
+    def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
     def optimizer(self, particle: int) -> torch.optim.Optimizer:
         return self.optimizers[particle]
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]: ...
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
-    def preview(self, resolution: int) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def preview(self, resolution: int) -> np.ndarray: ...
 
     def describe(self, step: int) -> str:
         """Extra text for the progress bar at `step` (the NeRF stage: its render size)."""

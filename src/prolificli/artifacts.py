@@ -178,9 +178,11 @@ class StageDir:
         path = self.path / "manifest.json"
         return _read_json(path, "manifest") if path.is_file() else None
 
-    def begin(self, config: Any, steps: int, inputs: list[Path] = (), *, step: int = 0) -> None:
+    def begin(self, config: Any, steps: int, inputs: list[Path] = (), *, step: int = 0,
+              details: dict | None = None) -> None:
         """Mark the stage running. `step` > 0 resumes from a checkpoint: timings carry over and
-        metrics logged after that step (lost work) are dropped."""
+        metrics logged after that step (lost work) are dropped. `details`: what else the manifest
+        should say (a distributed run: its processes, what a resume re-assigned)."""
         config = _plain_config(config)
         self.close()  # the metrics file may be rewritten below
         self.path.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,7 @@ class StageDir:
         self._clock_start = time.monotonic()
         self._manifest = {
             "stage": self.name, "status": "running", "step": step, "steps": steps, "config": config,
+            **({"details": details} if details else {}),
             "inputs": [{"path": str(Path(p).resolve()), "sha256": _sha256_path(Path(p))} for p in inputs],
             "outputs": [], "versions": versions(),
             "timings": {"started": old_timings.get("started") or _now(), "updated": None, "finished": None,
@@ -393,6 +396,15 @@ class Keys:
     def particle(i: int) -> str:
         """NeRF stage: particle i's parts, + "field.", "background.", "occupancy." or "image"."""
         return f"particle{i}."
+
+    @staticmethod
+    def generator(rank: int) -> str:
+        """Rank `rank`'s host generator (rank 0's is GENERATOR, as in a run of one process)."""
+        return Keys.GENERATOR if rank == 0 else f"rng.rank{rank}.generator"
+
+    @staticmethod
+    def tensor_generator(rank: int) -> str:
+        return Keys.TENSOR_GENERATOR if rank == 0 else f"rng.rank{rank}.tensor_generator"
 
     @staticmethod
     def optimizer(i: int) -> str:

@@ -8,6 +8,7 @@ Ctrl-C (a checkpoint is written first), 1 when the optimisation itself failed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -39,17 +40,30 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike: one says so
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def on_one_process(name: str) -> None:
+    """Commands other than `nerf` run on one process: launched by torchrun on several, rank 0
+    runs it and says so, the other ranks exit at once."""
+    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1:
+        if rank > 0:
+            raise typer.Exit(0)
+        stderr.print(f"[dim]{name} runs on one process: rank 0 runs it, the other {size - 1} exit[/]")
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose message is meant for the user as is (imported lazily: torch is slow to load)."""
     from .artifacts import ArtifactError
     from .config import ConfigError
+    from .distributed import DistributedError
+    from .lock import LockError
     from .prior import PriorLoadError
 
-    return ConfigError, ArtifactError, PriorLoadError
+    return ConfigError, ArtifactError, PriorLoadError, DistributedError, LockError
 
 
 def quiet_libraries() -> None:
@@ -141,14 +155,20 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
     from .mesh.mesh import MeshError
     from .optimize import Interrupted, OptimizationFailed
 
+    from .distributed import World, join, leave
+
     module = importlib.import_module(f".stages.{name}", __package__)
+    world = World()
     try:
         recipe_obj = None if resume else make_recipe()
         quiet_libraries()
         try:
-            if name == "nerf":
-                result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr)
+            if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
+                world = join()
+                result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr,
+                                    world=world)
             else:
+                on_one_process(name)
                 result = module.run(run, recipe_obj, resume=resume, force=force, console=stderr, **stage_kwargs)
         except Interrupted as exc:
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
@@ -158,6 +178,10 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
             fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
     except user_errors() + (MeshError,) as exc:
         fail(str(exc))
+    finally:
+        leave(world)
+    if not world.is_main:
+        return
     if as_json:
         print(json.dumps({"run_dir": str(result.run_dir), "stage": name, "status": result.status,
                           "step": result.step, "steps": result.steps, "seconds": result.seconds}))
@@ -233,6 +257,7 @@ def extract(
     from .stages import extract as extract_stage
 
     run = run_dir_argument(run)
+    on_one_process("extract")
     sets = list(overrides) + flag_overrides({"extract.particle": particle, "extract.resolution": resolution,
                                              "extract.threshold": threshold})
     try:
@@ -334,6 +359,7 @@ def render(
     from .stages import render as render_stage
 
     run = run_dir_argument(run)
+    on_one_process("render")
     settings = render_stage.RenderSettings(stage, particle, frames, resolution, elevation, distance, fovy, fps,
                                            save_frames)
     try:
@@ -376,6 +402,7 @@ def eval_command(
     from .mesh.mesh import MeshError
     from .stages import evaluate as evaluate_stage
 
+    on_one_process("eval")
     settings = evaluate_stage.EvalSettings(clip, fid, geometry, clip_model, stage, particle, views, resolution,
                                            fid_views, fid_samples, sample_steps)
     quiet_libraries()

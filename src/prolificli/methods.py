@@ -21,6 +21,7 @@ from .config import ConfigError, GuidanceConfig, Recipe, merge_recipe
 
 if TYPE_CHECKING:
     from .distill.score_model import ScoreModel
+    from .distributed import World
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,22 @@ def methods_help() -> str:
     return "; ".join(f"{m.name}: {m.summary} (CFG {m.default_cfg_scale:g})" for m in METHODS.values())
 
 
-def build_distiller(guidance: GuidanceConfig, recipe: Recipe, prior, score_model: ScoreModel | None = None):
+def build_distiller(guidance: GuidanceConfig, recipe: Recipe, prior, score_model: ScoreModel | None = None,
+                    world: World | None = None):
     """The distiller of one stage's guidance. A method with a score model gets a new LoRA score
-    model of the recipe's settings unless one is given (the Gaussian example brings its own)."""
+    model of the recipe's settings unless one is given (the Gaussian example brings its own).
+    Spread over several processes, each holds a replica of the score model, and its gradient is
+    averaged over them before every optimiser step, so the replicas stay identical."""
     entry = method(guidance.method)
     if entry.needs_score_model and score_model is None:
         from .distill.score_model import ScoreModel
 
         score_model = ScoreModel(prior, recipe.score_model)
-    return entry.factory(prior, guidance, score_model, recipe)
+    distiller = entry.factory(prior, guidance, score_model, recipe)
+    if entry.needs_score_model and world is not None and world.active:
+        parameters = score_model.trainable_parameters()
+        distiller.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: world.average_gradients(parameters))
+    return distiller
 
 
 def resolve_methods(recipe: Recipe) -> Recipe:

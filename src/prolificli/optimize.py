@@ -119,32 +119,44 @@ class LoopHooks:
     log_metrics: Callable[[int, dict], None]
     progress: Callable[[int], None]  # cheap manifest heartbeat
     describe: Callable[[int], str] = lambda step: ""  # extra text on the progress bar (t-range, ...)
+    # one flag for every process of a distributed run (true when true on any), so that all of
+    # them stop after the same step; a run of one process passes it through
+    agree: Callable[[bool], bool] = lambda flag: flag
+
+
+DUPLICATE_SIGNAL_S = 1.0  # a second signal sooner than this after the first is the same one
 
 
 @contextlib.contextmanager
 def deferred_sigint(on_request: Callable[[], None] = lambda: None) -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag checked between steps; a second one aborts at once.
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a flag checked between steps; a second one
+    aborts at once. SIGTERM counts because it is how torchrun stops its workers and how SLURM
+    warns of a time limit: both leave time to finish the step and write a checkpoint.
 
     A step is not atomic (VSD updates its score model before the 3D optimiser step), so stopping
     in the middle of one would checkpoint a state no uninterrupted run ever had.
     """
-    requested = [False]
+    requested, first = [False], [0.0]
 
     def handler(signum, frame):
         if requested[0]:
+            # under torchrun one Ctrl-C arrives twice, from the terminal and forwarded by the agent
+            if time.monotonic() - first[0] < DUPLICATE_SIGNAL_S:
+                return
             raise KeyboardInterrupt
-        requested[0] = True
+        requested[0], first[0] = True, time.monotonic()
         on_request()
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: signals cannot be caught here
         yield lambda: False
         return
     try:
         yield lambda: requested[0]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int, hooks: LoopHooks,
@@ -179,7 +191,7 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
             logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
             rate_window = (rate_window + [seconds])[-20:]
             checkpointing = done % checkpoint_every == 0 and done < steps
-            stopping = interrupt_requested() and done < steps
+            stopping = hooks.agree(interrupt_requested()) and done < steps
             # Reading a logged tensor waits for the GPU, so the logs are read only when they are
             # written, and before a checkpoint: a non-finite loss is caught there at the latest
             # (a NaN spreads to the parameters, so the step being saved shows it too).

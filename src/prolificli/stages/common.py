@@ -11,6 +11,7 @@ A stage's `StageProblem` knows its tensors and optimisers; the distiller its own
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from ..artifacts import (ArtifactError, Checkpoint, Keys, RunDir, StageDir, find
 from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
+from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
+from ..lock import LOCK_FILE, StageLock, describe_takeover
 from ..optimize import Interrupted, LoopHooks, Rendered, View, device_generator, optimization_step, run_loop
 
 
@@ -57,8 +60,9 @@ class StageProblem(ABC):
     """What a stage optimises (optimize.Problem), plus what the stage keeps of it: its tensors,
     its optimisers (one per particle) and a preview."""
 
-    n_particles: int
-    optimizers: list[torch.optim.Optimizer]
+    n_particles: int  # on this process
+    particle_ids: list[int]  # their run-wide indices (checkpoint keys), in order
+    optimizers: list[torch.optim.Optimizer]  # one per particle of this process
 
     @abstractmethod
     def sample_view(self, step: int) -> View: ...
@@ -110,6 +114,17 @@ class OpenedStage:
     recipe: Recipe
     checkpoint: Checkpoint | None  # None: a fresh start (or a resume that died before its first)
     resumed: dict | None  # the manifest of the attempt being resumed
+    lock: StageLock | None = None  # held until the stage ends (rank 0 of a distributed run holds it)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> OpenedStage:
+        return self
+
+    def __exit__(self, *exc) -> None:  # the stage ended, however: the lock goes
+        self.release()
 
 
 def resume_checkpoint(stage: StageDir, command: str) -> tuple[dict, Checkpoint | None]:
@@ -125,48 +140,66 @@ def resume_checkpoint(stage: StageDir, command: str) -> tuple[dict, Checkpoint |
 
 
 def clear_stage(stage: StageDir) -> None:
-    """--force: remove a previous attempt's files so nothing stale survives into the new one."""
+    """--force: remove a previous attempt's files so nothing stale survives into the new one
+    (all but the lock this process holds)."""
     stage.close()
     if stage.path.exists():
-        shutil.rmtree(stage.path)
+        for entry in stage.path.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def open_stage(run: RunDir, name: str, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-               again: str = "pass --force to start it again", resumable: bool = True) -> OpenedStage:
-    """Resume (with the recipe the stage started with), start again (--force: the old attempt
-    removed), or start; an existing stage without --resume or --force is an error whose hint
-    is `again` (and --resume, for a `resumable` stage that did not complete)."""
+               again: str = "pass --force to start it again", resumable: bool = True, lock: bool = True,
+               console: Console | None = None) -> OpenedStage:
+    """Take the stage's lock (`lock`: the process that writes), then resume (with the recipe the
+    stage started with), start again (--force: the old attempt removed), or start; an existing
+    stage without --resume or --force is an error whose hint is `again` (and --resume, for a
+    `resumable` stage that did not complete)."""
     stage = run.stage(name)
-    if resume:
-        manifest, checkpoint = resume_checkpoint(stage, name)
-        return OpenedStage(run, stage, stored_recipe(manifest["config"]), checkpoint, manifest)
-    if force:
-        clear_stage(stage)
-    elif stage.manifest is not None:
-        status = stage.manifest.get("status")
-        hint = again if status == "complete" or not resumable else \
-            f"continue it with `prolific {name} --resume {run.path}` or {again}"
-        raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
-    return OpenedStage(run, stage, recipe, None, None)
+    held = StageLock(stage.path).acquire() if lock else None
+    if held is not None and held.took_over is not None and console is not None:
+        console.print(f"[yellow]{stage.path}: {describe_takeover(held.took_over)}[/]")
+    try:
+        if resume:
+            manifest, checkpoint = resume_checkpoint(stage, name)
+            return OpenedStage(run, stage, stored_recipe(manifest["config"]), checkpoint, manifest, held)
+        if force:
+            clear_stage(stage)
+        elif stage.manifest is not None:
+            status = stage.manifest.get("status")
+            hint = again if status == "complete" or not resumable else \
+                f"continue it with `prolific {name} --resume {run.path}` or {again}"
+            raise ArtifactError(f"{stage.path} already exists (status: {status}); {hint}")
+        return OpenedStage(run, stage, recipe, None, None, held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
 
 
 @dataclass
 class Session:
-    """The seeded randomness and the prior of one stage run."""
+    """The processes, the seeded randomness and the prior of one stage run."""
 
     prior: object
     generator: torch.Generator  # every host decision of the loop (cameras, particle, background)
     tensor_generator: torch.Generator  # the step's tensors (see optimize.device_generator)
+    world: World = World()  # the processes this run is spread over (a world of one by default)
 
 
-def start_session(recipe: Recipe, console: Console) -> Session:
+def start_session(recipe: Recipe, console: Console, world: World = World()) -> Session:
+    """Seeds, generators and the prior. Parameters start from the run's seed on every rank (so
+    every rank builds the same particles and score model); each rank draws from its own generator."""
     from ..prior import load_prior
 
     torch.manual_seed(recipe.seed)  # parameter initialisation
-    generator = torch.Generator().manual_seed(recipe.seed)
-    console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-    prior = load_prior(recipe.prior)
-    return Session(prior, generator, device_generator(generator, prior.device))
+    generator = torch.Generator().manual_seed(rank_seed(recipe.seed, world.rank))
+    if world.is_main:
+        console.print(f"[dim]loading prior {recipe.prior.model}[/]")
+    prior = load_prior(dataclasses.replace(recipe.prior, device=world.device(recipe.prior.device)))
+    return Session(prior, generator, device_generator(generator, prior.device), world)
 
 
 @dataclass
@@ -180,43 +213,82 @@ class StageResult:
     outputs: list[str]  # relative to the stage directory
 
 
+def restore(checkpoint: Checkpoint, problem: StageProblem, distiller, session: Session) -> dict:
+    """Load this rank's particles, their optimisers, the distiller and this rank's generators from
+    a checkpoint that any number of processes wrote; what the manifest should say of a change."""
+    world = session.world
+    problem.load_tensors(checkpoint.tensors)
+    for pid, optimizer in zip(problem.particle_ids, problem.optimizers):
+        optimizer.load_state_dict(checkpoint.optimizer_states[Keys.optimizer(pid)])
+    distiller.load_state_dict(DistillerState(prefixed(checkpoint.tensors, Keys.DISTILLER),
+                                             checkpoint.optimizer_states.get(Keys.DISTILLER_OPTIMIZER)))
+    written_by = int(checkpoint.extra.get("processes", 1))
+    if Keys.generator(world.rank) in checkpoint.tensors:
+        session.generator.set_state(checkpoint.tensors[Keys.generator(world.rank)])
+        key = Keys.tensor_generator(world.rank)
+        if session.tensor_generator is not session.generator and key in checkpoint.tensors:
+            session.tensor_generator.set_state(checkpoint.tensors[key])  # else: a CPU run resumed on a GPU
+    if written_by == world.size:
+        return {}
+    # particles are re-assigned by index (i on rank i % size); generators of ranks that no longer
+    # exist are dropped, and new ranks start from their own seed
+    return {"resumed_from_processes": written_by,
+            "rng_dropped_ranks": list(range(world.size, written_by)),
+            "rng_fresh_ranks": list(range(written_by, world.size))}
+
+
+def checkpoint_part(problem: StageProblem, session: Session) -> tuple[dict, dict]:
+    """This rank's share of a checkpoint: its particles' tensors and optimiser states, its generators."""
+    rank = session.world.rank
+    tensors = {k: v.detach().cpu() for k, v in problem.tensors().items()}
+    tensors[Keys.generator(rank)] = session.generator.get_state()
+    if session.tensor_generator is not session.generator:
+        tensors[Keys.tensor_generator(rank)] = session.tensor_generator.get_state().cpu()
+    optimizers = {Keys.optimizer(pid): opt.state_dict() for pid, opt in zip(problem.particle_ids, problem.optimizers)}
+    return tensors, optimizers
+
+
 def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem, distiller, *,
                    settings: LoopSettings, inputs: list, title: str, console: Console,
                    finalize: Callable[[], list[str]] | None = None, extra: dict | None = None) -> StageResult:
     """Restore from the opened stage's checkpoint (if any), run the loop to settings.steps, write
     the final checkpoint (and whatever `finalize` writes), mark the stage complete. Raises
-    Interrupted after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises."""
-    stage, checkpoint = opened.stage, opened.checkpoint
-    generator, tensor_generator = session.generator, session.tensor_generator
-    separate = tensor_generator is not generator
-    start = 0
+    Interrupted after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises.
+
+    Spread over several processes (session.world), every rank runs the loop on its own particles;
+    only rank 0 writes the stage's files and shows the progress bar, and a checkpoint is gathered
+    from every rank and written by rank 0."""
+    stage, checkpoint, world = opened.stage, opened.checkpoint, session.world
+    main = world.is_main
+    start, details = 0, {}
     if checkpoint is not None:
-        problem.load_tensors(checkpoint.tensors)
-        for i, optimizer in enumerate(problem.optimizers):
-            optimizer.load_state_dict(checkpoint.optimizer_states[Keys.optimizer(i)])
-        distiller.load_state_dict(DistillerState(prefixed(checkpoint.tensors, Keys.DISTILLER),
-                                                 checkpoint.optimizer_states.get(Keys.DISTILLER_OPTIMIZER)))
-        generator.set_state(checkpoint.tensors[Keys.GENERATOR])
-        if separate and Keys.TENSOR_GENERATOR in checkpoint.tensors:  # else: a CPU run resumed on a GPU
-            tensor_generator.set_state(checkpoint.tensors[Keys.TENSOR_GENERATOR])
+        details = restore(checkpoint, problem, distiller, session)
         start = checkpoint.step
-        console.print(f"[dim]resuming {stage.path} from step {start}[/]")
-    stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start)
+        if main:
+            console.print(f"[dim]resuming {stage.path} from step {start}[/]")
+    if world.active:
+        details = {"processes": world.size, **details}
+    if main:
+        stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start, details=details)
     last_checkpoint = [start]  # what a failed run can be resumed from
 
     def write_checkpoint(step: int) -> None:
-        tensors = problem.tensors()
         state = distiller.state_dict()
-        tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
-        tensors[Keys.GENERATOR] = generator.get_state()
-        if separate:
-            tensors[Keys.TENSOR_GENERATOR] = tensor_generator.get_state()
-        optimizer_states = {Keys.optimizer(i): opt.state_dict() for i, opt in enumerate(problem.optimizers)}
-        if state.optimizer is not None:
-            optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
-        save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states, extra={"stage": stage.name, **(extra or {})})
+        world.check_identical(state.tensors, "score model replicas")
+        parts = world.gather(checkpoint_part(problem, session))
+        if main:
+            tensors, optimizer_states = {}, {}
+            for part_tensors, part_optimizers in parts:
+                tensors.update(part_tensors)
+                optimizer_states.update(part_optimizers)
+            tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
+            if state.optimizer is not None:
+                optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
+            save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
+                            extra={"stage": stage.name, "processes": world.size, **(extra or {})})
+            stage.progress(step, force=True)
+        world.barrier()  # nobody goes on (or stops) before the checkpoint is on disk
         last_checkpoint[0] = step
-        stage.progress(step, force=True)
 
     def write_preview(step: int) -> None:
         png = png_bytes(problem.preview(settings.preview_resolution))
@@ -227,26 +299,34 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
         lo, hi = distiller.schedule.t_range(step)
         return " ".join(part for part in (problem.describe(step), f"t [{lo},{hi}]") if part)
 
-    hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview,
-                      log_metrics=stage.log_metrics, progress=stage.progress, describe=describe)
+    nothing = lambda *args: None  # noqa: E731  (what the other ranks do instead of writing)
+    hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview if main else nothing,
+                      log_metrics=stage.log_metrics if main else nothing,
+                      progress=stage.progress if main else nothing, describe=describe, agree=world.agree)
     step_fn = lambda step: optimization_step(problem, session.prior.encode_images, distiller, step,  # noqa: E731
-                                             generator, tensor_generator=tensor_generator)
+                                             session.generator, tensor_generator=session.tensor_generator)
     try:
         done = run_loop(step_fn, start=start, steps=settings.steps, hooks=hooks,
                         checkpoint_every=settings.checkpoint_every, preview_every=settings.preview_every,
-                        log_every=settings.log_every, console=console, title=title)
+                        log_every=settings.log_every, console=console if main else Console(quiet=True),
+                        title=title)
         write_checkpoint(done)
-        written = finalize() if finalize is not None else []
+        outputs = ["checkpoint/weights.safetensors", "previews/latest.png",
+                   *(finalize() if finalize is not None and main else [])]
+        if main:
+            stage.finish("complete", done, outputs=outputs)
     except Interrupted as exc:
-        stage.finish("interrupted", exc.step)
+        if main:
+            stage.finish("interrupted", exc.step)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step, the last one stands
-        stage.finish("interrupted", last_checkpoint[0])
+        if main:
+            stage.finish("interrupted", last_checkpoint[0])
         raise
     except BaseException as exc:
-        stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
+        if main:
+            stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
         raise
-    outputs = ["checkpoint/weights.safetensors", "previews/latest.png", *written]
-    stage.finish("complete", done, outputs=outputs)
+    world.barrier()
     return StageResult(opened.run.path, stage.name, "complete", done, settings.steps,
                        float(stage.manifest["timings"]["seconds"]), outputs)

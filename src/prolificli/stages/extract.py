@@ -32,11 +32,20 @@ class ExtractResult:
 
 
 def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console | None = None) -> ExtractResult:
-    from ..outputs import open_nerf
-
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
-    stage = open_stage(run, STAGE, recipe, force=force, again="pass --force to extract again", resumable=False).stage
+    opened = open_stage(run, STAGE, recipe, force=force, again="pass --force to extract again", resumable=False,
+                        console=console)
+    try:
+        return _extract(opened, recipe, console)
+    finally:
+        opened.release()
+
+
+def _extract(opened, recipe: Recipe, console: Console) -> ExtractResult:
+    from ..outputs import open_nerf
+
+    run, stage = opened.run, opened.stage
     nerf = open_nerf(run)
     nerf_recipe, k = nerf.recipe, recipe.extract.particle
     field, _ = nerf.particle(k)

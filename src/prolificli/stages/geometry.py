@@ -33,6 +33,7 @@ class GeometryProblem(StageProblem):
     """One DMTet surface; the prior sees its normal map, or it lit by a fixed light (`shading`)."""
 
     n_particles = 1
+    particle_ids = [0]
 
     def __init__(self, recipe: Recipe, dmtet: DMTet, albedo_field, prompter: Prompter, generator: torch.Generator):
         self.recipe, self.cfg = recipe, recipe.geometry
@@ -124,22 +125,23 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
 
     console = console or Console(stderr=True)
     run = RunDir.open(run_dir)
-    opened = open_stage(run, STAGE, recipe, resume=resume, force=force)
-    recipe = opened.recipe
-    dmtet = open_mesh(run, "extract").dmtet
-    albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
+    opened = open_stage(run, STAGE, recipe, resume=resume, force=force, console=console)
+    with opened:
+        recipe = opened.recipe
+        dmtet = open_mesh(run, "extract").dmtet
+        albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
 
-    session = start_session(recipe, console)
-    prior = session.prior
-    prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
-    problem = GeometryProblem(recipe, dmtet.to(prior.device), albedo_field.to(prior.device), prompter,
-                              session.generator)
-    distiller = build_distiller(recipe.geometry.guidance, recipe, prior)
+        session = start_session(recipe, console)
+        prior = session.prior
+        prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
+        problem = GeometryProblem(recipe, dmtet.to(prior.device), albedo_field.to(prior.device), prompter,
+                                  session.generator)
+        distiller = build_distiller(recipe.geometry.guidance, recipe, prior)
 
-    def finalize() -> list[str]:
-        save_ply(problem.colored_mesh(), opened.stage.path / "mesh.ply")
-        return ["mesh.ply"]
+        def finalize() -> list[str]:
+            save_ply(problem.colored_mesh(), opened.stage.path / "mesh.ply")
+            return ["mesh.ply"]
 
-    return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(recipe.geometry),
-                          inputs=[run.stage("extract").checkpoint_dir], title=f"geometry {recipe.geometry.guidance.method}",
-                          console=console, finalize=finalize)
+        return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(recipe.geometry),
+                              inputs=[run.stage("extract").checkpoint_dir], console=console, finalize=finalize,
+                              title=f"geometry {recipe.geometry.guidance.method}")

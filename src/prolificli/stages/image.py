@@ -29,6 +29,7 @@ class ImageParticles(StageProblem):
         self.recipe = recipe
         self.prior = prior
         self.n_particles = recipe.nerf.particles
+        self.particle_ids = list(range(self.n_particles))
         self.resolution = prior.image_size // prior.vae_scale_factor
         shape = (prior.unet.config.in_channels, self.resolution, self.resolution)
         std = recipe.scene.image_init_std

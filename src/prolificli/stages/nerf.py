@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import Keys, RunDir, prefixed
+from ..artifacts import ArtifactError, Keys, RunDir, prefixed
 from ..cameras import evaluation_orbit
 from ..config import Recipe
+from ..distributed import World
 from ..methods import build_distiller
 from ..optimize import Rendered, View
 from ..prior import DiffusionPrior
@@ -45,10 +46,11 @@ def opaque_weight(recipe: Recipe, step: int) -> float:
 
 
 class NeRFParticles(StageProblem):
-    """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i))."""
+    """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i)).
+    `particle_ids`: the ones this process holds (a distributed run spreads them over its ranks)."""
 
     def __init__(self, recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
-                 tensor_generator: torch.Generator | None = None):
+                 tensor_generator: torch.Generator | None = None, particle_ids: list[int] | None = None):
         cfg = recipe.nerf
         self.recipe = recipe
         self.prior = prior
@@ -56,10 +58,14 @@ class NeRFParticles(StageProblem):
         self.generator = generator  # host decisions: cameras, background choice
         self.tensor_generator = tensor_generator or generator  # ray jitter, colours, grid updates
         self.device = prior.device
-        self.n_particles = cfg.particles
-        self.fields = torch.nn.ModuleList([NeRFField(cfg.field) for _ in range(cfg.particles)]).to(self.device)
-        self.backgrounds = torch.nn.ModuleList([Background(cfg.background)
-                                                for _ in range(cfg.particles)]).to(self.device)
+        self.particle_ids = list(range(cfg.particles)) if particle_ids is None else list(particle_ids)
+        self.n_particles = len(self.particle_ids)
+        # every particle is initialised, in order, on every rank: particle i starts the same
+        # whichever process holds it (and as in a run of one process); the others are dropped
+        fields = [NeRFField(cfg.field) for _ in range(cfg.particles)]
+        backgrounds = [Background(cfg.background) for _ in range(cfg.particles)]
+        self.fields = torch.nn.ModuleList([fields[i] for i in self.particle_ids]).to(self.device)
+        self.backgrounds = torch.nn.ModuleList([backgrounds[i] for i in self.particle_ids]).to(self.device)
         self.optimizers = [
             torch.optim.AdamW(
                 field.param_groups(cfg) + [{"params": list(background.parameters()), "lr": cfg.lr_background}],
@@ -69,7 +75,7 @@ class NeRFParticles(StageProblem):
         self.prompter = Prompter(prior, prompt, recipe.camera, recipe.prior.negative_prompt)
         occupancy = cfg.render.occupancy
         self.grids = [OccupancyGrid(occupancy, cfg.field.bound, self.device) if occupancy.enabled else None
-                      for _ in range(cfg.particles)]
+                      for _ in self.particle_ids]
 
     # -- the Problem interface ----------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class NeRFParticles(StageProblem):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
-        for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
+        for i, field, background, grid in zip(self.particle_ids, self.fields, self.backgrounds, self.grids):
             part = Keys.particle(i)
             out.update({f"{part}field.{k}": v for k, v in field.state_dict().items()})
             out.update({f"{part}background.{k}": v for k, v in background.state_dict().items()})
@@ -126,7 +132,7 @@ class NeRFParticles(StageProblem):
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for i, (field, background, grid) in enumerate(zip(self.fields, self.backgrounds, self.grids)):
+        for i, field, background, grid in zip(self.particle_ids, self.fields, self.backgrounds, self.grids):
             part = Keys.particle(i)
             field.load_state_dict(prefixed(tensors, part + "field."))
             background.load_state_dict(prefixed(tensors, part + "background."))
@@ -136,7 +142,7 @@ class NeRFParticles(StageProblem):
 
     @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:
-        """A grid image: one row per particle, `views` azimuths around the evaluation orbit."""
+        """A grid image: one row per particle (of this process), `views` azimuths around the evaluation orbit."""
         cameras = evaluation_orbit(self.recipe.camera, views).to(self.device)
         rows = []
         for field, background in zip(self.fields, self.backgrounds):
@@ -148,25 +154,38 @@ class NeRFParticles(StageProblem):
 
 
 def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
-                 tensor_generator: torch.Generator | None = None) -> NeRFParticles | ImageParticles:
-    """The particles of scene.representation."""
+                 tensor_generator: torch.Generator | None = None,
+                 world: World = World()) -> NeRFParticles | ImageParticles:
+    """The particles of scene.representation that this process holds."""
     if recipe.scene.representation == "image":
+        if world.active:
+            raise ArtifactError("the 2D mode (scene.representation: image) runs on one process; "
+                                "launch it without torchrun")
         return ImageParticles(recipe, prior, prompt, generator)
-    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator)
+    if recipe.nerf.particles < world.size:
+        raise ArtifactError(f"--particles {recipe.nerf.particles} is fewer than the {world.size} processes: "
+                            "every process needs a particle")
+    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator, world.particles(recipe.nerf.particles))
 
 
 def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None) -> StageResult:
-    """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`. Raises
-    Interrupted on Ctrl-C after checkpointing."""
+        console: Console | None = None, world: World = World()) -> StageResult:
+    """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`, its
+    particles spread over `world`'s processes. Raises Interrupted on Ctrl-C after checkpointing."""
     console = console or Console(stderr=True)
-    run = RunDir.open(run_dir) if resume else RunDir.create(run_dir, prompt, recipe.seed, recipe.name)
-    opened = open_stage(run, STAGE, recipe, resume=resume, again="choose another --out")
-    recipe, prompt = opened.recipe, run.info["prompt"]
-    session = start_session(recipe, console)
-    particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator)
-    finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
-    distiller = build_distiller(recipe.guidance, recipe, session.prior)
-    return optimize_stage(opened, session, particles, distiller, settings=LoopSettings.of(recipe.nerf), inputs=[],
-                          title=f"{recipe.scene.representation} {recipe.guidance.method}", console=console,
-                          finalize=finalize, extra={"prompt": prompt})
+    if world.is_main and not resume:
+        RunDir.create(run_dir, prompt, recipe.seed, recipe.name)
+    world.barrier()
+    run = RunDir.open(run_dir)
+    opened = open_stage(run, STAGE, recipe, resume=resume, again="choose another --out", lock=world.is_main,
+                        console=console)
+    with opened:
+        world.barrier()  # every rank has read the stage before rank 0 starts writing it
+        recipe, prompt = opened.recipe, run.info["prompt"]
+        session = start_session(recipe, console, world)
+        particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator, world)
+        finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
+        distiller = build_distiller(recipe.guidance, recipe, session.prior, world=world)
+        return optimize_stage(opened, session, particles, distiller, settings=LoopSettings.of(recipe.nerf), inputs=[],
+                              title=f"{recipe.scene.representation} {recipe.guidance.method}", console=console,
+                              finalize=finalize, extra={"prompt": prompt})

@@ -33,6 +33,7 @@ STAGE = "texture"
 
 class TextureProblem(StageProblem):
     n_particles = 1
+    particle_ids = [0]
 
     def __init__(self, recipe: Recipe, mesh: Mesh, prompter: Prompter, generator: torch.Generator):
         self.recipe, self.cfg = recipe, recipe.texture
@@ -95,37 +96,38 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         run = RunDir.create(run_dir, prompt, recipe.seed, recipe.name)  # texturing a mesh file from scratch
     else:
         run = RunDir.open(run_dir)
-    opened = open_stage(run, STAGE, recipe, resume=resume, force=force)
-    recipe, cfg = opened.recipe, opened.recipe.texture
-    if opened.resumed is not None:
-        # the mesh it started from: a mesh file is its first input (a stage's input is a checkpoint dir)
-        inputs = opened.resumed.get("inputs") or []
-        first_input = Path(inputs[0]["path"]) if inputs else None
-        mesh_path = first_input if first_input is not None and first_input.is_file() else None
-    mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
+    opened = open_stage(run, STAGE, recipe, resume=resume, force=force, console=console)
+    with opened:
+        recipe, cfg = opened.recipe, opened.recipe.texture
+        if opened.resumed is not None:
+            # the mesh it started from: a mesh file is its first input (a stage's input is a checkpoint dir)
+            inputs = opened.resumed.get("inputs") or []
+            first_input = Path(inputs[0]["path"]) if inputs else None
+            mesh_path = first_input if first_input is not None and first_input.is_file() else None
+        mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
 
-    console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces)[/]")
-    session = start_session(recipe, console)
-    prior = session.prior
-    mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
-    prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
-    problem = TextureProblem(recipe, mesh, prompter, session.generator)
-    distiller = build_distiller(cfg.guidance, recipe, prior)
+        console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces)[/]")
+        session = start_session(recipe, console)
+        prior = session.prior
+        mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
+        prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
+        problem = TextureProblem(recipe, mesh, prompter, session.generator)
+        distiller = build_distiller(cfg.guidance, recipe, prior)
 
-    def finalize() -> list[str]:
-        with console.status("baking the texture into a UV atlas"):
-            uv_mesh = unwrap(Mesh(mesh.vertices.cpu(), mesh.faces.cpu()), size=cfg.texture_size)
-            field = problem.field
+        def finalize() -> list[str]:
+            with console.status("baking the texture into a UV atlas"):
+                uv_mesh = unwrap(Mesh(mesh.vertices.cpu(), mesh.faces.cpu()), size=cfg.texture_size)
+                field = problem.field
 
-            def color_fn(points):
-                return field(points.to(prior.device)).cpu()
+                def color_fn(points):
+                    return field(points.to(prior.device)).cpu()
 
-            image = bake_texture(uv_mesh, color_fn, size=cfg.texture_size)
-            uv_mesh.vertices = uv_mesh.vertices / scale + centre  # back to the source mesh's own coordinates
-            written = save_obj(uv_mesh, image, opened.stage.path / "model.obj")
-            written.append(save_glb(uv_mesh, image, opened.stage.path / "model.glb"))
-        return [p.name for p in written]
+                image = bake_texture(uv_mesh, color_fn, size=cfg.texture_size)
+                uv_mesh.vertices = uv_mesh.vertices / scale + centre  # back to the source mesh's own coordinates
+                written = save_obj(uv_mesh, image, opened.stage.path / "model.obj")
+                written.append(save_glb(uv_mesh, image, opened.stage.path / "model.glb"))
+            return [p.name for p in written]
 
-    return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(cfg), inputs=inputs,
-                          title=f"texture {cfg.guidance.method}", console=console, finalize=finalize,
-                          extra={"mesh": source})
+        return optimize_stage(opened, session, problem, distiller, settings=LoopSettings.of(cfg), inputs=inputs,
+                              title=f"texture {cfg.guidance.method}", console=console, finalize=finalize,
+                              extra={"mesh": source})

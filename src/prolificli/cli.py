@@ -152,19 +152,19 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
     (the run directory, or a JSON summary) and turn failures into one line and an exit code."""
     import importlib
 
+    from .distributed import DistributedError, World, join, leave
     from .mesh.mesh import MeshError
     from .optimize import Interrupted, OptimizationFailed
-
-    from .distributed import World, join, leave
 
     module = importlib.import_module(f".stages.{name}", __package__)
     world = World()
     try:
         recipe_obj = None if resume else make_recipe()
         quiet_libraries()
+        if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
+            world = join()
         try:
-            if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
-                world = join()
+            if name == "nerf":
                 result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr,
                                     world=world)
             else:
@@ -174,7 +174,7 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
                          f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OptimizationFailed as exc:
+        except (OptimizationFailed, DistributedError) as exc:  # the run broke, not its input
             fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
     except user_errors() + (MeshError,) as exc:
         fail(str(exc))

@@ -179,7 +179,8 @@ def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: i
     rate_window: list[float] = []
     last_loss = float("nan")  # the loss last read (see below), for the progress bar
     def announce() -> None:
-        console.print("Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to abort)")
+        console.print("stopping (Ctrl-C or SIGTERM): finishing this step, then writing a checkpoint "
+                      "(Ctrl-C again to abort)")
 
     with deferred_sigint(announce) as interrupt_requested, progress:
         task = progress.add_task(title, total=steps, completed=start, status="", rate="")

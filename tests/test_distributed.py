@@ -1,0 +1,227 @@
+"""Particles across torch.distributed ranks (gloo, two CPU processes launched by torchrun), and
+the lock that keeps two processes from writing one stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prolificli.artifacts import load_checkpoint
+from prolificli.lock import LockError, StageLock
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RECIPE = str(REPO / "recipes" / "tiny.yaml")
+ENV = {**os.environ, "PROLIFIC_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+
+
+def plain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prolificli", *args]
+
+
+def nerf_args(model: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["nerf", "a cube", "--recipe", TINY_RECIPE, "--model", str(model), "--out", str(out), "--device", "cpu",
+            "--particles", "4", "--steps", str(steps), "--set", "nerf.checkpoint_every=5", *extra]
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "nerf" / "manifest.json").read_text())
+
+
+def wait_for_checkpoint(out: Path, after: int = 0, timeout: float = 180) -> int:
+    """Block until the stage has a checkpoint past step `after`; its step."""
+    state = out / "nerf" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            step = json.loads(state.read_text())["step"]
+            if step > after:
+                return step
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint past step {after} in {out} within {timeout} s")
+
+
+def interrupt(process: subprocess.Popen) -> int:
+    """Ctrl-C as a terminal sends it: to the whole process group (torchrun and its workers)."""
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    return process.returncode
+
+
+def test_two_ranks_hold_four_particles_and_identical_score_model_replicas(tiny_model_dir, tmp_path):
+    """Each rank dumps its own replica of the score model at the end; the test compares them."""
+    script = tmp_path / "worker.py"
+    script.write_text(f"""
+import sys
+from pathlib import Path
+from safetensors.torch import save_file
+from prolificli.distributed import join, leave
+from prolificli.methods import build_recipe
+from prolificli.stages import nerf
+
+captured = []
+original = nerf.build_distiller
+nerf.build_distiller = lambda *args, **kwargs: captured.append(original(*args, **kwargs)) or captured[-1]
+world = join()
+recipe = build_recipe({TINY_RECIPE!r}, ["prior.model={tiny_model_dir}", "prior.device=cpu", "nerf.particles=4",
+                                        "nerf.steps=6"])
+out = Path(sys.argv[1])
+nerf.run(recipe, "a cube", out, world=world)
+state = captured[0].state_dict().tensors
+save_file({{k: v.contiguous() for k, v in state.items()}}, str(out.parent / f"replica{{world.rank}}.safetensors"))
+leave(world)
+""")
+    out = tmp_path / "run"
+    result = run(torchrun(2, str(script), str(out)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(out / "nerf" / "checkpoint")
+    assert {k.split(".")[0] for k in checkpoint.tensors if k.startswith("particle")} == \
+        {"particle0", "particle1", "particle2", "particle3"}
+    assert {"particle0", "particle1", "particle2", "particle3", "distiller"} == set(checkpoint.optimizer_states)
+    assert {"rng.generator", "rng.rank1.generator"} <= set(checkpoint.tensors)
+    assert checkpoint.extra["processes"] == 2 and manifest(out)["details"] == {"processes": 2}
+    rank0, rank1 = (load_file(tmp_path / f"replica{r}.safetensors") for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and rank0
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert all(torch.equal(rank0[k], checkpoint.tensors[f"distiller.{k}"]) for k in rank0)
+    # the replicas moved (the averaged gradient reached them), so equality means something
+    assert any(k.endswith("lora_B.score_model.weight") and rank0[k].abs().sum() > 0 for k in rank0)
+
+
+def test_an_interrupted_two_rank_run_resumes_on_one_process_and_on_two(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    process = start(torchrun(2, "-m", "prolificli", *nerf_args(tiny_model_dir, out, 60)))
+    wait_for_checkpoint(out)
+    assert interrupt(process) != 0
+    first = manifest(out)
+    assert first["status"] == "interrupted" and 0 < first["step"] < 60
+
+    process = start(plain("nerf", "--resume", str(out)))  # one process: all four particles on rank 0
+    wait_for_checkpoint(out, after=first["step"])
+    assert interrupt(process) == 130
+    second = manifest(out)
+    assert second["status"] == "interrupted" and second["step"] > first["step"]
+    assert second["details"] == {"resumed_from_processes": 2, "rng_dropped_ranks": [1], "rng_fresh_ranks": []}
+
+    result = run(torchrun(2, "-m", "prolificli", "nerf", "--resume", str(out), "--json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 alone prints
+    assert summary["status"] == "complete" and summary["step"] == 60
+    assert result.stdout.count('"run_dir"') == 1
+    assert manifest(out)["details"] == {"processes": 2, "resumed_from_processes": 1, "rng_dropped_ranks": [],
+                                        "rng_fresh_ranks": [1]}
+    assert len({k.split(".")[0] for k in load_checkpoint(out / "nerf" / "checkpoint").tensors
+                if k.startswith("particle")}) == 4
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The pid of the launcher's worker of `rank` (read from /proc: its parent and RANK)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under pid {launcher}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads worker pids from /proc")
+def test_a_rank_that_dies_stops_the_other_within_60_s_and_the_run_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    process = start(torchrun(2, "-m", "prolificli", *nerf_args(tiny_model_dir, out, 80)))
+    wait_for_checkpoint(out)
+    os.kill(worker_pid(process.pid, 1), signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = process.communicate(timeout=120)
+    assert time.monotonic() - killed < 60 and process.returncode != 0
+    assert re.search(r"Root Cause[\s\S]*rank\s*:\s*1\b", err), err[-2000:]  # torchrun names the rank that died
+    stopped = manifest(out)
+    assert stopped["status"] in ("running", "failed", "interrupted") and stopped["step"] < 80
+
+    result = run(torchrun(2, "-m", "prolificli", "nerf", "--resume", str(out), "--json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert manifest(out)["status"] == "complete" and manifest(out)["step"] == 80
+
+
+def test_a_second_writer_gets_the_lock_error_and_the_first_completes(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    first = start(plain(*nerf_args(tiny_model_dir, out, 40)))
+    wait_for_checkpoint(out)
+    second = run(plain("nerf", "--resume", str(out)))
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in second.stderr
+    assert f"is being written by pid {first.pid}" in " ".join(second.stderr.split())
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert manifest(out)["status"] == "complete"
+    assert not (out / "nerf" / "lock.json").exists()
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+def test_the_stage_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    lock = StageLock(tmp_path / "stage").acquire()
+    with pytest.raises(LockError, match=f"being written by pid {os.getpid()} on {socket.gethostname()}"):
+        StageLock(tmp_path / "stage").acquire()
+    lock.release()
+    assert not (tmp_path / "stage" / "lock.json").exists()
+
+    record = {"pid": dead_pid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "stage" / "lock.json").write_text(json.dumps(record))
+    taken = StageLock(tmp_path / "stage").acquire()
+    assert taken.took_over == record
+    assert json.loads((tmp_path / "stage" / "lock.json").read_text())["pid"] == os.getpid()
+    taken.release()
+
+    elsewhere = {"pid": 1, "host": "another-host", "started": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "stage" / "lock.json").write_text(json.dumps(elsewhere))
+    with pytest.raises(LockError, match="another-host.*if that process is gone, delete"):
+        StageLock(tmp_path / "stage").acquire()
+
+
+def test_a_stage_whose_writer_died_is_taken_over_with_a_note(tiny_nerf_run):
+    from typer.testing import CliRunner
+
+    from prolificli.cli import app
+
+    stage = tiny_nerf_run / "extract"
+    stage.mkdir()
+    gone = dead_pid()
+    (stage / "lock.json").write_text(json.dumps({"pid": gone, "host": socket.gethostname(), "started": "then"}))
+    result = CliRunner().invoke(app, ["extract", str(tiny_nerf_run), "--resolution", "16"])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert f"took over the lock of pid {gone}" in " ".join(result.stderr.split())
+    assert not (stage / "lock.json").exists()

@@ -409,3 +409,22 @@ def test_missing_score_model_base_is_a_one_line_error(tiny_prior, tmp_path, monk
     with pytest.raises(PriorLoadError) as info:
         ScoreModel(tiny_prior, ScoreModelConfig(base=name))
     assert "\n" not in str(info.value) and name in str(info.value)
+
+
+def test_a_detached_score_model_leaves_the_pretrained_unet_for_the_next(tiny_prior):
+    """A batch reuses one prior across prompts: after detaching, the UNet is the pretrained one
+    and a new score model attaches as to a fresh prior."""
+    x0, cond, eps = make_batch(tiny_prior, 2)
+    t = torch.tensor([300, 600])
+    x_t = tiny_prior.add_noise(x0, eps, t)
+    with torch.no_grad():
+        before = tiny_prior.unet(x_t, t, encoder_hidden_states=cond.text_emb).sample
+    first = ScoreModel(tiny_prior, ScoreModelConfig())
+    perturb_trainable(first)
+    tiny_prior.shared_unet.detach_score_model()
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_prior.unet(x_t, t, encoder_hidden_states=cond.text_emb).sample, before)
+    second = ScoreModel(tiny_prior, ScoreModelConfig(prediction_type="epsilon"))
+    with torch.no_grad():  # zero LoRA B and zero camera layer again: it starts as the base UNet
+        torch.testing.assert_close(second.eps(x_t, t, cond.text_emb, cond.camera), before, rtol=1e-5, atol=1e-6)
+    assert all(p.requires_grad for p in second.trainable_parameters())

@@ -225,3 +225,51 @@ def test_a_stage_whose_writer_died_is_taken_over_with_a_note(tiny_nerf_run):
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert f"took over the lock of pid {gone}" in " ".join(result.stderr.split())
     assert not (stage / "lock.json").exists()
+
+
+# ---- prolific batch ---------------------------------------------------------------------------
+
+
+def batch_args(model: Path, prompts: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["batch", str(prompts), "--recipe", TINY_RECIPE, "--model", str(model), "--device", "cpu", "--steps",
+            str(steps), "--out", str(out), "--set", "nerf.checkpoint_every=5", *extra]
+
+
+def test_a_batch_over_two_workers_runs_each_prompt_once_and_a_rerun_skips_them(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\n# not a prompt\na blue sphere\na red cube\n")
+    out = tmp_path / "runs"
+    workers = [subprocess.Popen(plain(*batch_args(tiny_model_dir, prompts, out, 3)), cwd=REPO, text=True,
+                                env={**ENV, "RANK": str(k), "WORLD_SIZE": "2"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE) for k in range(2)]
+    logs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err[-2000:] for _, err in logs]
+    runs = json.loads((out / "batch.json").read_text())["runs"]
+    assert {name: (entry["prompt"], entry["worker"], entry["status"]) for name, entry in runs.items()} == {
+        "a-red-cube": ("a red cube", 0, "complete"), "a-blue-sphere": ("a blue sphere", 1, "complete"),
+        "a-red-cube-2": ("a red cube", 0, "complete")}
+    for name in runs:  # each run was made once: one line per step in its metrics, one start
+        steps = [json.loads(line)["step"] for line in (out / name / "nerf" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+    assert logs[0][1].count("loading prior") == 1  # worker 0 ran two prompts on one loaded prior
+
+    again = run(plain(*batch_args(tiny_model_dir, prompts, out, 3, "--json")))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {name: entry["stages"] for name, entry in json.loads(again.stdout).items()} == \
+        {name: {"nerf": "skipped"} for name in runs}
+
+
+def test_a_batch_resumes_the_run_it_was_interrupted_in(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    out = tmp_path / "runs"
+    process = start(plain(*batch_args(tiny_model_dir, prompts, out, 60)))
+    wait_for_checkpoint(out / "a-red-cube")
+    assert interrupt(process) == 130
+    assert manifest(out / "a-red-cube")["status"] == "interrupted"
+    result = run(plain(*batch_args(tiny_model_dir, prompts, out, 60, "--json")))
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries = json.loads(result.stdout)
+    assert entries["a-red-cube"]["stages"] == {"nerf": "resumed"} and entries["a-red-cube"]["status"] == "complete"
+    assert entries["a-blue-sphere"]["stages"] == {"nerf": "complete"}
+    assert manifest(out / "a-red-cube")["step"] == 60

@@ -418,6 +418,57 @@ def eval_command(
                      highlight=False)
 
 
+@app.command()
+def batch(
+    prompts: Path = typer.Argument(..., help="A text file, one prompt per line (blank lines and # comments skipped)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML for every prompt (path, or a "
+                                                                     "name in ./recipes)."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key (repeatable)."),
+    stages: str = typer.Option("nerf", "--stages", help="Comma-separated, in order, from nerf,extract,geometry,texture."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder of the run directories and batch.json."),
+    method: Optional[str] = typer.Option(None, "--method", help="Same as --set guidance.method=."),
+    particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1, help="Same as --set nerf.particles=."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Same as --set prior.model=."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run many prompts, one run directory each under --out, loading the prior once per worker.
+
+    Complete stages are skipped and interrupted ones resumed, so running the same command again
+    continues the batch. Under torchrun (RANK/WORLD_SIZE) or a SLURM job array, worker k takes the
+    prompts i with i % W == k. Writes OUT/batch.json (prompt -> run dir, status, seconds) and prints it.
+    """
+    from .optimize import Interrupted
+    from .stages import batch as batch_stage
+
+    chosen = [name.strip() for name in stages.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in batch_stage.STAGES]
+    if not chosen or unknown:
+        fail(f"--stages {stages!r}: choose from {','.join(batch_stage.STAGES)}")
+    sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
+                                             "prior.model": model, "nerf.steps": steps, "seed": seed,
+                                             "prior.device": device})
+    settings = batch_stage.BatchSettings(prompts, out, recipe, sets, chosen)
+    quiet_libraries()
+    try:
+        build_recipe(recipe, sets)  # a bad recipe or override fails now, not once per prompt
+        entries = batch_stage.run_batch(settings, stderr)
+    except Interrupted as exc:
+        stderr.print(f"interrupted at step {exc.step}; checkpoint written. Run the same command again to continue.",
+                     highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except user_errors() as exc:
+        fail(str(exc))
+    failed = [name for name, entry in entries.items() if entry["status"] != "complete"]
+    print(json.dumps(entries) if as_json else (out / batch_stage.BATCH_FILE).resolve())
+    if failed:
+        stderr.print(f"[bold red]error:[/] {len(failed)} of {len(entries)} prompt(s) failed; see "
+                     f"{out / batch_stage.BATCH_FILE}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
 def main() -> None:
     try:
         app()

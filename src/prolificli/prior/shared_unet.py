@@ -39,6 +39,15 @@ class SharedUNet:
         self.camera_embedding = camera_embedding
         self.unet.class_embedding = camera_embedding
 
+    def detach_score_model(self) -> None:
+        """Remove the score model's adapter and camera embedding, so that the UNet is the prior's
+        alone again and a new score model may attach (a batch reuses one prior across prompts)."""
+        if self.adapter_name is None:
+            return
+        self.unet.delete_adapters(self.adapter_name)
+        self.unet.class_embedding = None
+        self.adapter_name, self.camera_embedding = None, None
+
     def adapted(self) -> nn.Module:
         """The UNet as the score model: its adapters on and its camera embedding in."""
         if self.adapter_name is None:

@@ -189,16 +189,18 @@ class Session:
     world: World = World()  # the processes this run is spread over (a world of one by default)
 
 
-def start_session(recipe: Recipe, console: Console, world: World = World()) -> Session:
-    """Seeds, generators and the prior. Parameters start from the run's seed on every rank (so
-    every rank builds the same particles and score model); each rank draws from its own generator."""
+def start_session(recipe: Recipe, console: Console, world: World = World(), prior=None) -> Session:
+    """Seeds, generators and the prior (`prior`: one already loaded for recipe.prior, which a
+    batch reuses). Parameters start from the run's seed on every rank (so every rank builds the
+    same particles and score model); each rank draws from its own generator."""
     from ..prior import load_prior
 
     torch.manual_seed(recipe.seed)  # parameter initialisation
     generator = torch.Generator().manual_seed(rank_seed(recipe.seed, world.rank))
-    if world.is_main:
-        console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-    prior = load_prior(dataclasses.replace(recipe.prior, device=world.device(recipe.prior.device)))
+    if prior is None:
+        if world.is_main:
+            console.print(f"[dim]loading prior {recipe.prior.model}[/]")
+        prior = load_prior(dataclasses.replace(recipe.prior, device=world.device(recipe.prior.device)))
     return Session(prior, generator, device_generator(generator, prior.device), world)
 
 

@@ -120,7 +120,7 @@ class GeometryProblem(StageProblem):
 
 
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        console: Console | None = None) -> StageResult:
+        console: Console | None = None, prior=None) -> StageResult:
     from ..outputs import open_mesh, open_nerf
 
     console = console or Console(stderr=True)
@@ -131,7 +131,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         dmtet = open_mesh(run, "extract").dmtet
         albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
 
-        session = start_session(recipe, console)
+        session = start_session(recipe, console, prior=prior)
         prior = session.prior
         prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
         problem = GeometryProblem(recipe, dmtet.to(prior.device), albedo_field.to(prior.device), prompter,

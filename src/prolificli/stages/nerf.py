@@ -169,7 +169,7 @@ def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: 
 
 
 def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, world: World = World()) -> StageResult:
+        console: Console | None = None, prior=None, world: World = World()) -> StageResult:
     """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`, its
     particles spread over `world`'s processes. Raises Interrupted on Ctrl-C after checkpointing."""
     console = console or Console(stderr=True)
@@ -182,7 +182,7 @@ def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = Fal
     with opened:
         world.barrier()  # every rank has read the stage before rank 0 starts writing it
         recipe, prompt = opened.recipe, run.info["prompt"]
-        session = start_session(recipe, console, world)
+        session = start_session(recipe, console, world, prior)
         particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator, world)
         finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
         distiller = build_distiller(recipe.guidance, recipe, session.prior, world=world)

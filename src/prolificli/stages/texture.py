@@ -89,7 +89,8 @@ def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Pa
 
 
 def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None) -> StageResult:
+        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None,
+        prior=None) -> StageResult:
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists() and prompt is not None and recipe is not None and not resume:
@@ -107,7 +108,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
 
         console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces)[/]")
-        session = start_session(recipe, console)
+        session = start_session(recipe, console, prior=prior)
         prior = session.prior
         mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
         prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)

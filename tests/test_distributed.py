@@ -167,9 +167,49 @@ def test_a_rank_that_dies_stops_the_other_within_60_s_and_the_run_resumes(tiny_m
     stopped = manifest(out)
     assert stopped["status"] in ("running", "failed", "interrupted") and stopped["step"] < 80
 
-    result = run(torchrun(2, "-m", "prolificli", "nerf", "--resume", str(out), "--json"))
+    result = run(plain("nerf", "--resume", str(out), "--json"))  # on one process, to the end
     assert result.returncode == 0, result.stderr[-3000:]
     assert manifest(out)["status"] == "complete" and manifest(out)["step"] == 80
+    assert manifest(out)["details"]["resumed_from_processes"] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_process_group_that_does_not_start_is_a_one_line_error_within_its_timeout(tiny_model_dir, tmp_path):
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "PROLIFIC_DIST_TIMEOUT_S": "3"}  # rank 0 never comes
+    tic = time.monotonic()
+    result = subprocess.run(plain(*nerf_args(tiny_model_dir, tmp_path / "run", 4)), env=env, capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and time.monotonic() - tic < 60
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 1 of 2" in errors[0] and "could not join the process group within 3 s" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_replicas_that_drift_apart_are_an_error_on_every_rank(tmp_path):
+    script = tmp_path / "drift.py"
+    script.write_text("""
+import torch
+from prolificli.distributed import DistributedError, join, leave
+world = join()
+same = {"w": torch.arange(4.0)}
+world.check_identical(same, "score model replicas")  # equal: passes
+try:
+    world.check_identical({"w": torch.arange(4.0) + world.rank * 1e-7}, "score model replicas")
+except DistributedError as exc:
+    print("DRIFT", world.rank, exc)
+leave(world)
+""")
+    result = run(torchrun(2, str(script)), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("DRIFT")]
+    assert sorted(line.split()[1] for line in lines) == ["0", "1"]
+    assert all("rank(s) [1] drifted from rank 0's" in line for line in lines)
 
 
 def test_a_second_writer_gets_the_lock_error_and_the_first_completes(tiny_model_dir, tmp_path):

@@ -39,8 +39,9 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike: one says so
+def fail(message: str, code: int = EXIT_BAD_INPUT, *, every_rank: bool = False) -> None:
+    # under torchrun every process fails alike, so rank 0 says so; not so a failure to join
+    if every_rank or os.environ.get("RANK", "0") == "0":
         stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -162,7 +163,10 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
         recipe_obj = None if resume else make_recipe()
         quiet_libraries()
         if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
-            world = join()
+            try:
+                world = join()
+            except DistributedError as exc:
+                fail(str(exc), every_rank=True)
         try:
             if name == "nerf":
                 result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr,

@@ -13,6 +13,7 @@ flight has written its checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, RunDir, slugify
 from ..config import ConfigError, Recipe
+from ..distributed import World
 from ..files import write_json_atomic
 from ..lock import LockError
 from ..mesh.mesh import MeshError
@@ -87,7 +89,9 @@ class PriorCache:
         key = (recipe.prior.model, recipe.prior.device, recipe.prior.dtype)
         if key not in self.priors:
             self.console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-            self.priors[key] = load_prior(recipe.prior)
+            # workers that torchrun starts on one node take a GPU each (LOCAL_RANK)
+            here = World(0, int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
+            self.priors[key] = load_prior(dataclasses.replace(recipe.prior, device=here.device(recipe.prior.device)))
         prior = self.priors[key]
         prior.shared_unet.detach_score_model()  # the last stage's score model, if it had one
         return prior

@@ -98,7 +98,7 @@ class PriorCache:
 
 
 def advance_stage(name: str, run_dir: Path, prompt: str, settings: BatchSettings, priors: PriorCache,
-              console: Console) -> str:
+                  console: Console) -> str:
     """Run, resume or skip one stage of one prompt; what happened ("complete", "skipped", ...)."""
     from . import extract, geometry, nerf, texture
 

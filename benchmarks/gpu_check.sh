@@ -51,7 +51,7 @@ done
 
 # 2. the toy recipe's NeRF stage on the device
 tic=$(date +%s.%N)
-timeout "$LIMIT" python3 -m prolificli.cli nerf "a red cube" --recipe recipes/toy.yaml --out "$WORK/toy" \
+timeout "$LIMIT" python3 -m prolificli.cli nerf "a red cube" --recipe toy --out "$WORK/toy" \
   --set nerf.steps="$TOY_STEPS" --set prior.device="$DEVICE" --set nerf.preview_every=1000 >/dev/null
 toy_rc=$?
 toy_seconds=$(python3 -c "import time; print(round(time.time() - $tic, 1))")

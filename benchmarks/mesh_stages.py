@@ -4,7 +4,7 @@ against the true object.
     python benchmarks/mesh_stages.py                                  # cube, sphere, cylinder NeRFs
     python benchmarks/mesh_stages.py --prompts "a red cube" --set geometry.steps=100
 
-For each prompt: a NeRF stage with recipes/toy.yaml (or the run benchmarks/toyworld.py left in
+For each prompt: a NeRF stage with the toy recipe (or the run benchmarks/toyworld.py left in
 results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and `texture` with the same recipe.
 Reports Chamfer distance to the true object (in % of its longest side) of the extracted and the
 refined mesh, the toy scorer's accuracy over 8 views of the textured GLB and its silhouette IoU,
@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import trimesh
 from rich.console import Console
+from prolificli.config import PACKAGE_RECIPES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-RECIPE = str(ROOT.parent / "recipes" / "toy.yaml")
+RECIPE = str(PACKAGE_RECIPES / "toy.yaml")
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder"]
 
 

@@ -9,12 +9,12 @@ Methods: sds, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by
 l2vsd-last (the last LoRA layer only) on request.
 
 Parts:
-  2d    recipes/toy-2d.yaml: each particle is a 32 px image, rendered by the identity. Every
+  2d    the toy-2d recipe: each particle is a 32 px image, rendered by the identity. Every
         --eval-every steps the particles are kept; afterwards, per kept step: the scorer's prompt
         accuracy, how many distinct (shape, colour) readings a prompt's particles show, and the FID
         of all prompts' particles pooled against ancestral samples of the prior (CFG 7.5, the same
         prompts). ESD is left out here: with no camera its mixed score is VSD's.
-  nerf  recipes/toy.yaml, one NeRF per prompt. Every --eval-every steps: prompt accuracy over 8
+  nerf  the toy recipe, one NeRF per prompt. Every --eval-every steps: prompt accuracy over 8
         views, silhouette IoU and depth error against the true object; at the end the FID of 30
         views at 30 deg elevation, pooled over prompts, against DDIM samples of the prior for the
         same view prompts (ProlificDreamer's 3D-FID).
@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import Progress
+from prolificli.config import PACKAGE_RECIPES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-RECIPES = {"2d": str(ROOT.parent / "recipes" / "toy-2d.yaml"), "nerf": str(ROOT.parent / "recipes" / "toy.yaml")}
+RECIPES = {"2d": str(PACKAGE_RECIPES / "toy-2d.yaml"), "nerf": str(PACKAGE_RECIPES / "toy.yaml")}
 # name -> recipe overrides; L2-VSD at the default eta = 0.01 and at eta = 1, the ends of the paper's
 # ablation range that matter here (its linear term is ~0.1% of the gradient at 0.01 in this world)
 METHODS = {"sds": ["guidance.method=sds"], "vsd": ["guidance.method=vsd"], "l-vsd": ["guidance.method=l-vsd"],
@@ -248,7 +249,7 @@ def main() -> None:
         rows = part_nerf(args.methods, args.prompts or PROMPTS["nerf"], args.steps_nerf, args.eval_every,
                          args.seed, console)
         results["nerf"] = rows
-        tables.append((f"NeRF stage: recipes/toy.yaml, {args.steps_nerf} steps, one particle per prompt", rows,
+        tables.append((f"NeRF stage: the toy recipe, {args.steps_nerf} steps, one particle per prompt", rows,
                        ["method", "prompt_accuracy", "silhouette_iou", "depth_error", "fid", "steps_to_vsd_final",
                         "s_per_step"]))
     for title, rows, columns in tables:

@@ -7,7 +7,7 @@
 Parts:
   prior    the scorer's accuracy on held-out renders; DDIM samples (CFG 7.5) of the prior for the
            36 full captions, and how many of them the scorer reads as their caption;
-  nerf     `prolific nerf` with recipes/toy.yaml for each prompt and method: SDS at CFG 100,
+  nerf     `prolific nerf` with the toy recipe for each prompt and method: SDS at CFG 100,
            SDS at CFG 7.5, VSD at CFG 7.5; per run the scorer's prompt accuracy over 8 views,
            silhouette IoU and depth error against the true object from the same cameras, wall time;
   diverse  "a red object" with 4 VSD particles: how many distinct shapes the particles show.
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from prolificli.config import PACKAGE_RECIPES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-RECIPE = str(ROOT.parent / "recipes" / "toy.yaml")
+RECIPE = str(PACKAGE_RECIPES / "toy.yaml")
 METHODS = {"sds-cfg100": ["guidance.method=sds", "guidance.cfg_scale=100"],
            "sds-cfg7.5": ["guidance.method=sds", "guidance.cfg_scale=7.5"],
            "vsd-cfg7.5": ["guidance.method=vsd", "guidance.cfg_scale=7.5"]}

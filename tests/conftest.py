@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.config import PriorConfig
 
 
@@ -40,7 +41,7 @@ def tiny_nerf_run_template(tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
     from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
-    recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"),
+    recipe = build_recipe(str(PACKAGE_RECIPES / "tiny.yaml"),
                           [f"prior.model={tiny_model_dir}"])
     out = tmp_path_factory.mktemp("nerf-run") / "run"
     nerf.run(recipe, "an elephant skull", out)

@@ -14,10 +14,11 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_RECIPE = str(REPO / "recipes" / "tiny.yaml")
+TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 
 
 def invoke(*args: str):

@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.artifacts import load_checkpoint
 from prolificli.lock import LockError, StageLock
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_RECIPE = str(REPO / "recipes" / "tiny.yaml")
+TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 ENV = {**os.environ, "PROLIFIC_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -193,17 +194,17 @@ def test_a_process_group_that_does_not_start_is_a_one_line_error_within_its_time
 
 def test_replicas_that_drift_apart_are_an_error_on_every_rank(tmp_path):
     script = tmp_path / "drift.py"
-    script.write_text(f"""
+    script.write_text("""
 import sys
 import torch
 from prolificli.distributed import DistributedError, join, leave
 world = join()
-same = {{"w": torch.arange(4.0)}}
+same = {"w": torch.arange(4.0)}
 world.check_identical(same, "score model replicas")  # equal: passes
 try:
-    world.check_identical({{"w": torch.arange(4.0) + world.rank * 1e-7}}, "score model replicas")
+    world.check_identical({"w": torch.arange(4.0) + world.rank * 1e-7}, "score model replicas")
 except DistributedError as exc:  # each rank its own file: two processes' prints may interleave
-    open(sys.argv[1] + f"/drift{{world.rank}}.txt", "w").write(str(exc))
+    open(sys.argv[1] + f"/drift{world.rank}.txt", "w").write(str(exc))
 leave(world)
 """)
     result = run(torchrun(2, str(script), str(tmp_path)), timeout=120)

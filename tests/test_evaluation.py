@@ -117,6 +117,33 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("offline_env", [False, True])
+def test_a_clip_hub_id_offline_fails_in_seconds_with_the_priors_advice(offline_env, monkeypatch):
+    """Not cached and the hub unreachable (a refused local port stands in for no network), or
+    HF_HUB_OFFLINE set: one line within 5 s, not huggingface_hub's ~45 s of retries."""
+    import time
+
+    import huggingface_hub.constants
+
+    from prolificli.evaluation.clip import load_clip
+
+    if offline_env:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    tic = time.perf_counter()
+    with pytest.raises(ConfigError) as error:
+        load_clip("prolificli-tests/no-such-clip")
+    seconds = time.perf_counter() - tic
+    message = str(error.value)
+    assert seconds < 5.0, seconds
+    assert "\n" not in message and "hf download prolificli-tests/no-such-clip" in message
+    assert "--clip-model DIR" in message and "--clip-model toy" in message
+    assert ("HF_HUB_OFFLINE is set" if offline_env else "the hub is unreachable") in message
+
+
 def test_clip_similarity_is_the_models_own_logits_over_its_temperature(tiny_clip_dir):
     from prolificli.evaluation.clip import HubClip
 

@@ -11,10 +11,11 @@ import pytest
 import trimesh
 from typer.testing import CliRunner
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.artifacts import load_checkpoint
 from prolificli.cli import app
 
-TINY_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml")
+TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 
 
 def invoke(*args, input=None):

@@ -105,6 +105,7 @@ def test_unreachable_hub_fails_fast(empty_hub_cache: Path, monkeypatch: pytest.M
     import huggingface_hub.constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import, from the environment
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
     start = time.perf_counter()
     with pytest.raises(PriorLoadError, match="the hub is unreachable"):

@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.methods import build_recipe
 from prolificli.optimize import Interrupted, device_generator
 
-TINY_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml")
+TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 
 
 def test_on_the_cpu_the_tensor_generator_is_the_host_generator():

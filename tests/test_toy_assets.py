@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.config import PriorConfig, Recipe
 from prolificli.prior import load_prior
 from prolificli.render.background import Background
@@ -69,7 +70,7 @@ def test_toy_recipe_end_to_end(tmp_path):
     from prolificli.cli import app
 
     out = tmp_path / "cube"
-    recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml")
+    recipe = str(PACKAGE_RECIPES / "toy.yaml")
     result = CliRunner().invoke(app, ["nerf", "a red cube", "--recipe", recipe, "--out", str(out), "--steps", "3",
                                       "--set", "nerf.preview_every=3"])
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -80,6 +81,6 @@ def test_the_toy_recipes_geometry_light_is_the_toy_worlds():
     from prolificli.methods import build_recipe
     from prolificli.toyworld.shapes import AMBIENT, LIGHT_DIRECTION
 
-    recipe = build_recipe(str(Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml"))
+    recipe = build_recipe(str(PACKAGE_RECIPES / "toy.yaml"))
     assert recipe.geometry.shading == "lambert"
     assert tuple(recipe.geometry.light_direction) == LIGHT_DIRECTION and recipe.geometry.ambient == AMBIENT

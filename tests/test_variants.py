@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prolificli.config import PACKAGE_RECIPES
 from prolificli.config import ConfigError, ESDConfig, GuidanceConfig, ScoreModelConfig
 from prolificli.methods import build_recipe
 from prolificli.distill import ESD, LVSD, VSD, ScoreModel
@@ -102,7 +103,7 @@ def test_nerf_runs_with_each_vsd_variant(tiny_model_dir, tmp_path, method):
 def test_every_shipped_recipe_loads_and_l2vsds_is_the_papers():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "recipes"
+    folder = PACKAGE_RECIPES
     recipes = sorted(folder.glob("*.yaml"))
     assert len(recipes) >= 7
     for path in recipes:

@@ -95,7 +95,7 @@ def main_options(
 def nerf(
     prompt: Optional[str] = typer.Argument(None, help="What to make, e.g. \"an elephant skull\"."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r",
-                                         help="Recipe YAML (path, or a name in ./recipes). Default: the paper's "
+                                         help="Recipe YAML: a path, or a name `prolific recipes` lists. Default: the paper's "
                                               "ProlificDreamer settings."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="Override any recipe key, e.g. --set nerf.steps=2000 "
@@ -119,7 +119,7 @@ def nerf(
 
     Writes RUN/nerf/ (manifest.json, checkpoint/, previews/, metrics.jsonl) and prints RUN.
 
-    With --set scene.representation=image (recipes/toy-2d.yaml) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
+    With --set scene.representation=image (the toy-2d recipe) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
     from .artifacts import slugify
 
@@ -425,8 +425,8 @@ def eval_command(
 @app.command()
 def batch(
     prompts: Path = typer.Argument(..., help="A text file, one prompt per line (blank lines and # comments skipped)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML for every prompt (path, or a "
-                                                                     "name in ./recipes)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML for every prompt (a path, or a "
+                                                                     "name `prolific recipes` lists)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key (repeatable)."),
     stages: str = typer.Option("nerf", "--stages", help="Comma-separated, in order, from nerf,extract,geometry,texture."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder of the run directories and batch.json."),
@@ -471,6 +471,18 @@ def batch(
         stderr.print(f"[bold red]error:[/] {len(failed)} of {len(entries)} prompt(s) failed; see "
                      f"{out / batch_stage.BATCH_FILE}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the recipes a bare --recipe NAME finds: ./recipes/NAME.yaml first, then those shipped
+    inside the package."""
+    from .config import recipe_search_dirs, resolve_recipe_path, shipped_recipes
+
+    for name, description in shipped_recipes().items():
+        where = resolve_recipe_path(name)
+        mine = " (./recipes)" if where.parent == recipe_search_dirs()[0].resolve() else ""
+        print(f"{name:24} {description}{mine}")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, YAML recipes, `--set a.b=c` overrides.
 
 The defaults are ProlificDreamer's NeRF-stage values (paper, Sec. 4.2 and Appendix F), so
-`recipes/prolificdreamer.yaml` only restates them; a test keeps the two in agreement.
+the shipped recipe `prolificdreamer` only restates them; a test keeps the two in agreement.
 Every key is validated: an unknown key or a value of the wrong type is a `ConfigError`
 that names the key and, for a typo, the closest valid key.
 """
@@ -429,10 +429,40 @@ def parse_override(text: str) -> dict:
     return out
 
 
+PACKAGE_RECIPES = Path(__file__).resolve().parent / "recipes"  # shipped inside the package (and the wheel)
+
+
+def _first_sentence(path: Path) -> str:
+    """The first sentence of a recipe's opening comment (its description)."""
+    words = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        words += line.lstrip("#").split()
+    text = " ".join(words)
+    for i, c in enumerate(text):
+        after = text[i + 1:i + 3]
+        if c in ":;" and after[:1] == " ":
+            return text[:i]
+        if c == "." and (after == "" or (after[:1] == " " and after[1:].isupper())) and \
+                not text[:i].endswith(("Sec", "App", "Eq", "Fig", "al", "e.g", "i.e")):
+            return text[:i]
+    return text
+
+
 def recipe_search_dirs() -> list[Path]:
-    """Where a bare recipe name is looked up: ./recipes, then the recipes beside the source tree."""
-    here = Path(__file__).resolve().parent
-    return [Path.cwd() / "recipes", here.parent.parent / "recipes"]
+    """Where a bare recipe name is looked up: ./recipes (your own), then the package's."""
+    return [Path.cwd() / "recipes", PACKAGE_RECIPES]
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Every recipe a bare name finds, by name, with its first comment line (./recipes first)."""
+    found: dict[str, str] = {}
+    for folder in recipe_search_dirs():
+        for path in sorted(folder.glob("*.yaml"), key=lambda p: p.stem):
+            if path.stem not in found:
+                found[path.stem] = _first_sentence(path)
+    return found
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
@@ -444,7 +474,8 @@ def resolve_recipe_path(name_or_path: str) -> Path:
         for folder in recipe_search_dirs():
             if (folder / stem).is_file():
                 return (folder / stem).resolve()
-    raise ConfigError(f"recipe '{name_or_path}' not found (give a YAML path, or a name from ./recipes)")
+    raise ConfigError(f"recipe '{name_or_path}' not found (give a YAML path, or a name that "
+                      f"`prolific recipes` lists: {', '.join(shipped_recipes())})")
 
 
 def load_recipe_dict(name_or_path: str) -> dict:

@@ -41,15 +41,20 @@ class HubClip:
     def __init__(self, source: str, device: str | torch.device = "cpu"):
         from transformers import CLIPModel, CLIPTokenizer
 
-        local = Path(source).expanduser()
-        options = {"local_files_only": True} if local.exists() else {}
+        from ..prior.diffusion import PriorLoadError, load_local_or_hub
+
+        def load(where: str, local_files_only: bool):
+            return (CLIPModel.from_pretrained(where, local_files_only=local_files_only).eval(),
+                    CLIPTokenizer.from_pretrained(where, local_files_only=local_files_only))
+
+        # the prior's loader: the cache first, then one short probe of the hub, so an offline
+        # machine fails at once instead of after huggingface_hub's retries
         try:
-            self.model = CLIPModel.from_pretrained(str(local) if local.exists() else source, **options).eval()
-            self.tokenizer = CLIPTokenizer.from_pretrained(str(local) if local.exists() else source, **options)
-        except Exception as exc:  # offline hub, missing files, wrong architecture
-            reason = str(exc).splitlines()[0][:160]
-            raise ConfigError(f"cannot load the CLIP model {source!r} ({reason}); pass --clip-model with a local "
-                              "CLIP directory, or --clip-model toy in the toy world") from None
+            self.model, self.tokenizer = load_local_or_hub(
+                source, f"cannot load the CLIP model '{source}'", "--clip-model", load,
+                offline_hint="or --clip-model toy in the toy world")
+        except PriorLoadError as exc:
+            raise ConfigError(str(exc)) from None
         self.model.to(device).requires_grad_(False)
         self.name, self.device = source, torch.device(device)
 

@@ -28,7 +28,7 @@ from prolificli.config import PriorConfig
 from prolificli.prior.shared_unet import SharedUNet
 
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
-HUB_PROBE_TIMEOUT_S = 5.0
+HUB_PROBE_TIMEOUT_S = 2.0  # one HEAD request: an online hub answers well within it
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 T = TypeVar("T")
 
@@ -256,7 +256,11 @@ def resolve_model_alias(name: str) -> str:
     return str(TOY_PRIOR_DIR)
 
 
-def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, bool], T]) -> T:
+TINY_HINT = "to try the tool offline: python -m prolificli.prior.tiny DIR"
+
+
+def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, bool], T], *,
+                      offline_hint: str = TINY_HINT) -> T:
     """`load(source, local_files_only)` for a local directory or a Hugging Face hub id.
 
     A hub id is first looked up in the local cache only; the network is tried only when
@@ -288,7 +292,7 @@ def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, 
         raise PriorLoadError(
             f"{what}: not a local directory and not in the Hugging Face cache, and {why}. Download it on a "
             f"connected machine (hf download {source} --local-dir DIR) and pass {option} DIR "
-            f"(to try the tool offline: python -m prolificli.prior.tiny DIR).")
+            f"({offline_hint}).")
     try:
         return load(source, False)
     except (OSError, ValueError) as exc:

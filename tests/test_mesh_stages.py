@@ -4,7 +4,6 @@ external mesh, and the one-line errors of the mesh stages."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -101,7 +101,6 @@ def test_nerf_runs_with_each_vsd_variant(tiny_model_dir, tmp_path, method):
 
 
 def test_every_shipped_recipe_loads_and_l2vsds_is_the_papers():
-    from pathlib import Path
 
     folder = PACKAGE_RECIPES
     recipes = sorted(folder.glob("*.yaml"))

@@ -9,8 +9,6 @@ averaged over views). The toy scorer's is log p(shape and colour the prompt name
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,7 +52,9 @@ class HubClip:
                 source, f"cannot load the CLIP model '{source}'", "--clip-model", load,
                 offline_hint="or --clip-model toy in the toy world")
         except PriorLoadError as exc:
-            raise ConfigError(str(exc)) from None
+            advice = "" if "--clip-model" in str(exc) else \
+                "; pass --clip-model with a local CLIP directory, or --clip-model toy in the toy world"
+            raise ConfigError(f"{exc}{advice}") from None
         self.model.to(device).requires_grad_(False)
         self.name, self.device = source, torch.device(device)
 

@@ -89,7 +89,7 @@ def prior_samples(prior, prior_name: str, prompts: list[str], *, steps: int = 50
     from ..prior.sampling import sample_images
 
     key = json.dumps({"model": prior_name, "prompts": prompts, "steps": steps, "cfg": guidance_scale,
-                      "negative": negative_prompt, "seed": seed, "sampler": "ddim"}, sort_keys=True)
+                      "negative": negative_prompt, "seed": seed, "sampler": "diffusers-ddim"}, sort_keys=True)
     path = (directory or cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
     if path.is_file():
         if advance is not None:

@@ -151,12 +151,6 @@ def leave(world: World) -> None:
         dist.destroy_process_group()
 
 
-def launched_rank() -> tuple[int, int]:
-    """(rank, world size) as the launcher set them, without joining anything: for the commands
-    that run on one process (rank 0) whatever the launch."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank `rank`'s generators: the run's own on rank 0 (so a world of one draws what
     a plain run draws), a different one on every other rank."""

@@ -75,12 +75,6 @@ class StageLock:
             return f"{where} is being written by {who}; if that process is gone, delete {self.path}"
         return f"{where} is being written by {who}; wait for it, or stop it first"
 
-    def __enter__(self) -> StageLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
 
 def _is_dead(holder: dict) -> bool:
     """Only a holder on this host can be checked: no process with its pid means it is gone."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,54 @@ def tiny_nerf_run(tiny_nerf_run_template: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_nerf_run_template, tmp_path / "run"))
+
+
+# Tools from outside Python: the pinned npm packages in tools/js (`npm ci --prefix tools/js`) and
+# Debian's chromium. A test that needs a missing one is skipped, with how to install it; CI sets
+# PROLIFIC_REQUIRE_TOOLS=1, which makes it a failure instead, so CI cannot pass without them.
+JS_TOOLS = Path(os.environ.get("PROLIFIC_JS_TOOLS", Path(__file__).resolve().parents[1] / "tools" / "js"))
+
+
+def missing_tool(message: str):
+    if os.environ.get("PROLIFIC_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{message} (PROLIFIC_REQUIRE_TOOLS=1)")
+    pytest.skip(message)
+
+
+def node_script(package: str, script: str) -> tuple[str, Path]:
+    """node and one of tools/js's scripts, once the npm package it runs is installed."""
+    node = shutil.which("node")
+    if node is None or not (JS_TOOLS / "node_modules" / package / "package.json").is_file():
+        missing_tool(f"needs node and {package}: npm ci --prefix {JS_TOOLS}")
+    return node, JS_TOOLS / script
+
+
+@pytest.fixture(scope="session")
+def gltf_validator():
+    """validate(path) -> the Khronos glTF validator's report (a dict) for a .glb or .gltf file."""
+    node, script = node_script("gltf-validator", "validate-gltf.mjs")
+
+    def validate(path: Path) -> dict:
+        done = subprocess.run([node, str(script), str(path)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return validate
+
+
+@pytest.fixture(scope="session")
+def report_in_chromium():
+    """open(report, screenshot) -> what tools/js/report-screenshot.mjs saw in headless Chromium,
+    every network request refused: {viewers, states, boxes, requests, errors}."""
+    node, script = node_script("playwright-core", "report-screenshot.mjs")
+    browser = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if browser is None:
+        missing_tool("needs Chromium: apt-get install chromium (or set CHROMIUM to its path)")
+
+    def open_report(report: Path, screenshot: Path) -> dict:
+        done = subprocess.run([node, str(script), str(report), str(screenshot)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "CHROMIUM": browser})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return open_report

@@ -245,11 +245,13 @@ def test_render_defaults_to_the_latest_stage_and_reports_bad_input_in_one_line(f
 class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.sources = []
+        self.sources, self.models = [], []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.sources.append(dict(attrs)["src"])
+        if tag == "model-viewer":
+            self.models.append(dict(attrs)["src"])
 
 
 def test_eval_writes_metrics_a_table_and_a_self_contained_report(full_run, tiny_clip_dir, tmp_path):
@@ -276,6 +278,17 @@ def test_eval_writes_metrics_a_table_and_a_self_contained_report(full_run, tiny_
         head, data = source.split(",", 1)
         assert head in ("data:image/gif;base64", "data:image/png;base64")
         Image.open(BytesIO(base64.b64decode(data))).verify()
+    # both runs have a textured GLB: each gets a 3D viewer of it, beside the NeRF's turntable
+    glb = (full_run / "texture" / "model.glb").read_bytes()
+    assert parser.models == [f"data:model/gltf-binary;base64,{base64.b64encode(glb).decode()}"] * 2
+
+
+def test_eval_report_opens_in_chromium_with_the_runs_model(full_run, tiny_clip_dir, tmp_path, report_in_chromium):
+    report = tmp_path / "alone" / "report.html"
+    ok(invoke("eval", full_run, "--stage", "texture", "--clip", "--clip-model", tiny_clip_dir, "--views", "2",
+              "--resolution", "16", "--report", report))
+    seen = report_in_chromium(report, tmp_path / "shot.png")
+    assert seen["states"] == ["loaded"] and seen["requests"] == [] and seen["errors"] == [], seen
 
 
 def test_eval_needs_something_to_measure_and_a_loadable_clip(full_run):

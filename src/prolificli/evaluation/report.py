@@ -1,11 +1,19 @@
 """One self-contained HTML page comparing runs: per run its turntable (an animated GIF), its
-numbers, and its loss curve from metrics.jsonl, all embedded as base64 so the file travels alone."""
+numbers, and its loss curve from metrics.jsonl, all embedded as base64 so the file travels alone.
+
+A run with a textured mesh also gets an interactive 3D view of its GLB: Google's <model-viewer>
+(viewer/model-viewer.min.js, a pinned npm release vendored with its licences by tools/js/vendor.sh)
+inlined into the page, so it works offline from the one file. Where the viewer cannot run (no
+JavaScript, no WebGL, the model fails to load) the page shows the turntable GIF instead.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+from functools import lru_cache
+from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
 
@@ -47,6 +55,42 @@ def loss_curve_png(metrics_path: Path, keys: tuple[str, ...] = ("loss",)) -> byt
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=1)
+def model_viewer_js() -> str:
+    """The vendored <model-viewer> bundle (three.js included), ready to inline in a <script>."""
+    script = files(__package__).joinpath("viewer", "model-viewer.min.js").read_text(encoding="utf-8")
+    if "</script" in script.lower():  # would end the inline element early
+        raise RuntimeError("the vendored model-viewer bundle contains '</script' and cannot be inlined")
+    return script
+
+
+# Each viewer records how loading ended in data-state (the Chromium test reads it). The CSS shows
+# a viewer's fallback while <model-viewer> is undefined (no JavaScript, or the bundle did not
+# run) and once the viewer failed (no WebGL, a bad model).
+VIEWER_SCRIPT = """
+for (const viewer of document.querySelectorAll("model-viewer")) {
+  viewer.addEventListener("load", () => { viewer.dataset.state = "loaded"; });
+  viewer.addEventListener("error", (event) => {
+    viewer.dataset.state = "error";
+    viewer.title = String(event.detail && event.detail.type);
+    viewer.classList.add("failed");
+  });
+}
+"""
+VIEWER_CSS = """model-viewer{width:320px;height:320px;background:#fff;border:1px solid #ddd}
+.viewer img.turntable{width:320px} .viewer .fallback{display:none}
+model-viewer:not(:defined), model-viewer.failed{display:none}
+model-viewer:not(:defined) + .fallback, model-viewer.failed + .fallback{display:block}"""
+
+
+def viewer_html(glb: bytes, name: str, fallback: str) -> str:
+    """An orbitable view of one GLB, with `fallback` (HTML) shown where the viewer cannot run."""
+    return (f'<div class="viewer"><model-viewer src="{_data_uri(glb, "model/gltf-binary")}" '
+            f'alt="{html.escape(name)}" camera-controls auto-rotate interaction-prompt="none" '
+            f'tone-mapping="neutral" shadow-intensity="0.6"></model-viewer>'
+            f'<div class="fallback">{fallback}</div></div>')
+
+
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -54,26 +98,40 @@ def format_value(value) -> str:
 
 
 def write_report(path: Path, rows: list[dict], turntables: list[np.ndarray], curves: list[bytes | None],
-                 columns: list[str]) -> Path:
-    """rows: one dict per run (the table's columns); turntables: uint8 [N,H,W,3] frames per run."""
+                 columns: list[str], models: list[bytes | None] | None = None) -> Path:
+    """rows: one dict per run (the table's columns); turntables: uint8 [N,H,W,3] frames per run,
+    of the stage measured (row["stage"]); models: per run its textured GLB's bytes, or None."""
+    models = models if models is not None else [None] * len(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
-    for row, frames, curve in zip(rows, turntables, curves):
+    for row, frames, curve, glb in zip(rows, turntables, curves, models):
         cells = "".join(f"<td>{html.escape(format_value(row.get(c)))}</td>" for c in columns)
         gif = f'<img class="turntable" src="{_data_uri(gif_bytes(frames, fps=12), "image/gif")}" alt="turntable">'
         plot = f'<img src="{_data_uri(curve, "image/png")}" alt="loss curve">' if curve else "<p>no curve logged</p>"
-        body.append(f'<section><h2>{html.escape(str(row["run"]))}</h2><div class="row">{gif}{plot}</div>'
+        if glb is None:
+            shown = gif
+        elif row.get("stage") == "texture":  # the viewer shows what the GIF shows: the GIF is its fallback
+            shown = viewer_html(glb, f"{row['run']}: texture/model.glb", gif)
+        else:  # the GIF is of the stage measured; the viewer adds the textured mesh
+            shown = gif + viewer_html(glb, f"{row['run']}: texture/model.glb",
+                                      "<p>3D viewer unavailable (it needs JavaScript and WebGL)</p>")
+        body.append(f'<section><h2>{html.escape(str(row["run"]))}</h2><div class="row">{shown}{plot}</div>'
                     f"<table><tr>{head}</tr><tr>{cells}</tr></table></section>")
+    # the listeners first, so no viewer can load before they are attached
+    scripts = (f'<script type="module">{VIEWER_SCRIPT}</script>\n<script type="module">{model_viewer_js()}</script>'
+               if any(glb is not None for glb in models) else "")
     summary = "".join(f"<tr>{''.join(f'<td>{html.escape(format_value(r.get(c)))}</td>' for c in columns)}</tr>"
                       for r in rows)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>prolificli eval</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}} .row{{display:flex;gap:1em;align-items:center}}
-img.turntable{{width:192px;image-rendering:pixelated}}</style></head>
+img.turntable{{width:192px;image-rendering:pixelated}}
+{VIEWER_CSS}</style></head>
 <body><h1>prolificli eval</h1>
 <table><tr>{head}</tr>{summary}</table>
 {''.join(body)}
+{scripts}
 </body></html>
 """
     write_bytes_atomic(path, page.encode())

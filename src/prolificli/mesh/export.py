@@ -5,12 +5,13 @@ The textured path is `unwrap` (xatlas charts and packs the surface into the unit
 
 Conventions, shared by every function here:
 - UVs have v pointing up and the texture image has row 0 at the top, so image row 0 is v = 1.
-  This is what OBJ, trimesh and (after trimesh flips v on export) glTF expect.
+  This is what OBJ and trimesh expect; glTF puts v down the image, so save_glb writes 1 - v.
 - Texel (row r, column c) is centred at u = (c + 0.5) / W, v = 1 - (r + 0.5) / H, the texel
   centres a GPU samples bilinearly.
 - Our world is z-up. GLB is written y-up (rotated -90 degrees about x: (x, y, z) -> (x, z, -y))
   because glTF defines +y as up and viewers would otherwise show the object lying on its back.
   PLY and OBJ keep our coordinates unchanged (z-up); neither format defines an up axis.
+- The GLB itself is written by gltf.py, with per-vertex normals (shared across UV seams).
 """
 
 from __future__ import annotations
@@ -125,18 +126,31 @@ def save_obj(uv_mesh: UVMesh, texture: np.ndarray, path) -> list[Path]:
 
 
 def save_glb(uv_mesh: UVMesh, texture: np.ndarray, path) -> Path:
-    """One GLB file, y-up, with the texture embedded as the PBR base colour."""
-    import trimesh
-    from PIL import Image
+    """One GLB file, y-up, with smooth normals and the texture embedded as the PBR base colour."""
+    from .. import __version__
+    from .gltf import glb_bytes
 
-    material = trimesh.visual.material.PBRMaterial(
-        baseColorTexture=Image.fromarray(_check_texture(texture)), metallicFactor=0.0, roughnessFactor=1.0)
-    visual = trimesh.visual.TextureVisuals(uv=uv_mesh.uvs.detach().cpu().numpy(), material=material)
-    mesh = trimesh.Trimesh(z_up_to_y_up(uv_mesh.vertices.detach().cpu().numpy()), uv_mesh.faces.cpu().numpy(),
-                           visual=visual, process=False)
+    texture = _check_texture(texture)
+    vertices = uv_mesh.vertices.detach().cpu().float()
+    uvs = uv_mesh.uvs.detach().cpu().numpy()
     path = Path(path).with_suffix(".glb")
-    write_bytes_atomic(path, mesh.export(file_type="glb"))
+    data = glb_bytes(z_up_to_y_up(vertices.numpy()), z_up_to_y_up(seamless_normals(uv_mesh).numpy()),
+                     np.stack([uvs[:, 0], 1 - uvs[:, 1]], axis=1),  # glTF's v points down the image
+                     uv_mesh.faces.cpu().numpy(), png_bytes(texture), generator=f"prolificli {__version__}")
+    write_bytes_atomic(path, data)
     return path
+
+
+def seamless_normals(uv_mesh: UVMesh) -> Tensor:
+    """[M,3] unit vertex normals of the source surface: the copies of a vertex on a UV seam share
+    one normal, so a viewer shades the seam smoothly instead of showing the chart edges."""
+    source_faces = uv_mesh.source_index[uv_mesh.faces.cpu()]
+    count = int(uv_mesh.source_index.max()) + 1 if len(uv_mesh.source_index) else 0
+    source_vertices = torch.zeros(count, 3).index_copy(0, uv_mesh.source_index, uv_mesh.vertices.detach().cpu().float())
+    normals = Mesh(source_vertices, source_faces).vertex_normals()[uv_mesh.source_index]
+    # a vertex whose faces all have zero area has no direction: give it +z rather than a zero vector
+    normals[normals.norm(dim=1) < 0.5] = torch.tensor([0.0, 0.0, 1.0])
+    return normals
 
 
 def load_glb(path) -> tuple[Mesh, Tensor, Tensor]:

@@ -23,7 +23,7 @@ from ..files import to_uint8, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
 from ..config import ConfigError, stored_recipe
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision
-from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
+from ..evaluation.frames import STAGES, complete_stages, latest_stage, render_all, renderer
 
 COLUMNS = ["run", "stage", "method", "cfg", "particles", "steps", "seconds", "clip", "r_precision", "fid",
            "fd_clip", "fid_images", "chamfer_pct", "volume_iou"]
@@ -63,6 +63,13 @@ def describe(run: RunDir, stage: str, label: str) -> dict:
             "seconds": round(float((manifest.get("timings") or {}).get("seconds") or 0.0), 1)}
 
 
+def textured_glb(run: RunDir) -> bytes | None:
+    """The run's textured GLB, for the report's 3D viewer, when its texture stage is complete."""
+    from ..outputs import open_textured
+
+    return open_textured(run).glb.read_bytes() if "texture" in complete_stages(run) else None
+
+
 def _label(path: Path, all_paths: list[Path]) -> str:
     """The run's directory name, with its parent's when two runs share a name (sds/x vs vsd/x)."""
     same = sum(Path(p).resolve().name == path.resolve().name for p in all_paths)
@@ -92,7 +99,7 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
             console.print(f"[yellow]no fd_clip: {exc}[/]", highlight=False)
     priors = {}  # each prior loaded once
     inception = InceptionFeatures() if settings.fid else None
-    rows, turntables, curves = [], [], []
+    rows, turntables, curves, models = [], [], [], []
     for path, run, prompt in zip(run_dirs, runs, prompts):
         tic = time.perf_counter()
         stage = settings.stage or latest_stage(run)
@@ -142,9 +149,10 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
         rows.append(row)
         turntables.append(to_uint8(frames.rgb[:: max(1, len(frames) // 24)]))
         curves.append(loss_curve_png(run.stage(stage).path / "metrics.jsonl"))
+        models.append(textured_glb(run))
     written = None
     if report is not None:
-        written = write_report(report, rows, turntables, curves, COLUMNS)
+        written = write_report(report, rows, turntables, curves, COLUMNS, models)
         write_report_png(report.with_suffix(".png"), rows, turntables, COLUMNS)
     return rows, written
 

@@ -87,6 +87,19 @@ def test_bake_puts_v_up_at_image_row_zero():
     np.testing.assert_allclose(image[:4, 3, 0], expected, atol=1)
 
 
+def test_a_triangle_smaller_than_a_texel_gets_its_own_colour():
+    # a big quad in the top-left quarter and, far from it, a triangle a fifth of a texel across
+    uvs = torch.tensor([[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0], [0.80, 0.20], [0.81, 0.20], [0.80, 0.21]])
+    vertices = torch.cat([uvs, torch.zeros(7, 1)], dim=1)
+    vertices[4:, 2] = 1.0  # colour = z: 0 on the quad, 1 on the small triangle
+    mesh = UVMesh(vertices, torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6]]), uvs, torch.arange(7))
+    image = bake_texture(mesh, lambda p: p[:, 2:].expand(-1, 3).clone() * 0.8 + 0.1, size=16, padding=0)
+    centroid = uvs[4:].mean(0).numpy()
+    row, col = int((1 - centroid[1]) * 16), int(centroid[0] * 16)  # the texel under the centroid
+    assert image[row, col, 0] == round(0.9 * 255)  # the triangle's colour, not black
+    assert (image.sum(-1) > 0).sum() == 8 * 8 + 1  # the quad's 64 texels and that one
+
+
 @needs_xatlas
 @pytest.mark.parametrize("kind", ["obj", "glb"])
 def test_texture_read_back_matches_color_function(baked, kind):

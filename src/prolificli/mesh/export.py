@@ -87,7 +87,8 @@ def unwrap(mesh: Mesh, *, size: int = 1024, padding: int = 2) -> UVMesh:
 
 
 def bake_texture(uv_mesh: UVMesh, color_fn: ColorFn, size: int = 1024, padding: int = 4) -> np.ndarray:
-    """Colour every texel covered by a triangle with `color_fn` at its 3D surface point.
+    """Colour every texel covered by a triangle with `color_fn` at its 3D surface point (a
+    triangle too small to cover a texel centre gets the empty texel under its centroid).
 
     `color_fn` maps points [P,3] (on the device of `uv_mesh.vertices`) to colours [P,3] in
     [0,1]. Texels outside all charts are then grown from their filled neighbours `padding`
@@ -212,6 +213,14 @@ def _rasterize(uv_mesh: UVMesh, size: int) -> tuple[Tensor, Tensor]:
         texel = y[inside] * size + x[inside]
         points[texel] = surface.float()
         covered[texel] = True
+    # A triangle smaller than a texel may hold no texel centre. Where the texel under its
+    # centroid is still empty (a chart of such triangles, isolated in the atlas), it takes the
+    # triangle's 3D centroid, so the triangle samples its own colour instead of black.
+    centroid = pixel.mean(dim=1).round().clamp(0, size - 1).long()  # nearest texel centre
+    texel = centroid[:, 1] * size + centroid[:, 0]
+    empty = ~covered[texel]
+    points[texel[empty]] = corners[empty].mean(dim=1).float()
+    covered[texel[empty]] = True
     return points, covered.reshape(size, size)
 
 

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .config import ExtractConfig, GuidanceConfig, PriorConfig
@@ -42,7 +43,7 @@ EXIT_INTERRUPTED = 130
 def fail(message: str, code: int = EXIT_BAD_INPUT, *, every_rank: bool = False) -> None:
     # under torchrun every process fails alike, so rank 0 says so; not so a failure to join
     if every_rank or os.environ.get("RANK", "0") == "0":
-        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -91,6 +92,17 @@ def main_options(
     pass
 
 
+TENSORBOARD_OPTION = typer.Option(False, "--tensorboard", help="Also write the metrics and previews as TensorBoard "
+                                                             "events to RUN/STAGE/tb/ (pip install "
+                                                             "'prolificli[tensorboard]'); same as --set "
+                                                             "log.tensorboard=true.")
+
+
+def tensorboard_override(tensorboard: bool) -> dict:
+    """The flag as a recipe key: only when given, so a recipe's own `log.tensorboard: true` stands."""
+    return {"log.tensorboard": True if tensorboard else None}
+
+
 @app.command()
 def nerf(
     prompt: Optional[str] = typer.Argument(None, help="What to make, e.g. \"an elephant skull\"."),
@@ -113,6 +125,7 @@ def nerf(
     resume: Optional[Path] = typer.Option(None, "--resume",
                                           help="Continue an interrupted run directory from its last checkpoint, "
                                                "with the config it started with."),
+    tensorboard: bool = TENSORBOARD_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the run directory."),
 ) -> None:
     """Optimise NeRF particles from a text prompt by score distillation (VSD unless --method): the first stage.
@@ -126,7 +139,8 @@ def nerf(
     if resume is not None:
         given = [name for name, value in {"--recipe": recipe, "--set": overrides or None, "--method": method,
                                           "--particles": particles, "--model": model, "--steps": steps,
-                                          "--seed": seed, "--device": device}.items() if value is not None]
+                                          "--seed": seed, "--device": device,
+                                          "--tensorboard": tensorboard or None}.items() if value is not None]
         if prompt is not None or given:
             fail(f"--resume continues a run with its own prompt and config; drop {', '.join(given) or 'the prompt'}")
         run_stage("nerf", resume, lambda: None, resume=True, as_json=as_json)
@@ -136,7 +150,7 @@ def nerf(
     text = " ".join(prompt.split())
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
                                              "prior.model": model, "nerf.steps": steps, "seed": seed,
-                                             "prior.device": device})
+                                             "prior.device": device, **tensorboard_override(tensorboard)})
     run_stage("nerf", out if out is not None else Path("runs") / slugify(text), lambda: build_recipe(recipe, sets),
               as_json=as_json, prompt=text)
 
@@ -145,6 +159,14 @@ def flag_overrides(values: dict[str, object]) -> list[str]:
     """`--set key=value` for every flag given (a flag is a short name for a recipe key)."""
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
             for key, value in values.items() if value is not None]
+
+
+def require_extras(recipe) -> None:
+    """Fail before any work when the recipe asks for an optional extra that is not installed."""
+    if recipe.log.tensorboard:
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
 
 
 def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force: bool = False,
@@ -161,6 +183,8 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
     world = World()
     try:
         recipe_obj = None if resume else make_recipe()
+        if recipe_obj is not None:
+            require_extras(recipe_obj)
         quiet_libraries()
         if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
             try:
@@ -278,12 +302,15 @@ def extract(
 
 
 def optimization_stage(name: str, run: Optional[Path], recipe: Optional[str], overrides: list[str],
-                       steps: Optional[int], resume: bool, force: bool, as_json: bool, **stage_kwargs) -> None:
+                       steps: Optional[int], resume: bool, force: bool, as_json: bool, tensorboard: bool = False,
+                       **stage_kwargs) -> None:
     """The body of `geometry` and `texture`: the run's own recipe <- --recipe <- --set, then run_stage."""
     run = run_dir_argument(run)
-    if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")):
-        fail("--resume continues a stage with the config it started with; drop --recipe/--set/--steps/--mesh")
-    sets = list(overrides) + flag_overrides({f"{name}.steps": steps})
+    if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")
+                   or tensorboard):
+        fail("--resume continues a stage with the config it started with; drop "
+             "--recipe/--set/--steps/--mesh/--tensorboard")
+    sets = list(overrides) + flag_overrides({f"{name}.steps": steps, **tensorboard_override(tensorboard)})
     if name == "texture":
         make_recipe = lambda: texture_recipe(run, recipe, sets, stage_kwargs.get("prompt"))  # noqa: E731
     else:
@@ -305,6 +332,7 @@ def geometry(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help=STEPS_HELP.format("geometry")),
     resume: bool = RESUME_OPTION,
     force: bool = FORCE_OPTION,
+    tensorboard: bool = TENSORBOARD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Refine the extracted mesh with SDS on its normal maps: the third stage.
@@ -312,7 +340,7 @@ def geometry(
     Optimises the DMTet SDF and vertex offsets from RUN/extract/ (SDS at CFG 100 plus normal-consistency
     and Laplacian smoothing) and writes RUN/geometry/ (checkpoint/, mesh.ply, previews/).
     """
-    optimization_stage("geometry", run, recipe, overrides, steps, resume, force, as_json)
+    optimization_stage("geometry", run, recipe, overrides, steps, resume, force, as_json, tensorboard)
 
 
 @app.command()
@@ -326,6 +354,7 @@ def texture(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help=STEPS_HELP.format("texture")),
     resume: bool = RESUME_OPTION,
     force: bool = FORCE_OPTION,
+    tensorboard: bool = TENSORBOARD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Paint the mesh with VSD on a new hash-grid texture, geometry fixed: the last stage.
@@ -333,7 +362,7 @@ def texture(
     Uses RUN/geometry/ (else RUN/extract/, or --mesh FILE) and writes RUN/texture/ (checkpoint/, previews/,
     model.obj + model.mtl + model.png, model.glb).
     """
-    optimization_stage("texture", run, recipe, overrides, steps, resume, force, as_json,
+    optimization_stage("texture", run, recipe, overrides, steps, resume, force, as_json, tensorboard,
                        mesh_path=mesh, prompt=prompt)
 
 
@@ -436,6 +465,7 @@ def batch(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    tensorboard: bool = TENSORBOARD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run many prompts, one run directory each under --out, loading the prior once per worker.
@@ -453,11 +483,11 @@ def batch(
         fail(f"--stages {stages!r}: choose from {','.join(batch_stage.STAGES)}")
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
                                              "prior.model": model, "nerf.steps": steps, "seed": seed,
-                                             "prior.device": device})
+                                             "prior.device": device, **tensorboard_override(tensorboard)})
     settings = batch_stage.BatchSettings(prompts, out, recipe, sets, chosen)
     quiet_libraries()
     try:
-        build_recipe(recipe, sets)  # a bad recipe or override fails now, not once per prompt
+        require_extras(build_recipe(recipe, sets))  # a bad recipe or override fails now, not once per prompt
         entries = batch_stage.run_batch(settings, stderr)
     except Interrupted as exc:
         stderr.print(f"interrupted at step {exc.step}; checkpoint written. Run the same command again to continue.",

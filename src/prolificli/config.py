@@ -278,6 +278,13 @@ class TextureStageConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a stage's metrics and previews go, besides metrics.jsonl and previews/."""
+
+    tensorboard: bool = False  # also RUN/STAGE/tb/ (needs `pip install 'prolificli[tensorboard]'`)
+
+
+@dataclass
 class Recipe:
     """Everything a run needs; a recipe YAML is a partial dict of this."""
 
@@ -294,6 +301,7 @@ class Recipe:
     extract: ExtractConfig = _field(default_factory=ExtractConfig)
     geometry: GeometryStageConfig = _field(default_factory=GeometryStageConfig)
     texture: TextureStageConfig = _field(default_factory=TextureStageConfig)
+    log: LogConfig = _field(default_factory=LogConfig)
 
 
 # --------------------------------------------------------------------------------------------

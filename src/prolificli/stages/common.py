@@ -31,6 +31,7 @@ from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
 from ..lock import LOCK_FILE, StageLock, describe_takeover
 from ..optimize import Interrupted, LoopHooks, Rendered, View, device_generator, optimization_step, run_loop
+from ..tensorboard_log import TensorBoardLog
 
 
 class Prompter:
@@ -270,6 +271,7 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
             console.print(f"[dim]resuming {stage.path} from step {start}[/]")
     if world.active:
         details = {"processes": world.size, **details}
+    tensorboard = TensorBoardLog(stage.path, start) if main and opened.recipe.log.tensorboard else None
     if main:
         stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start, details=details)
     last_checkpoint = [start]  # what a failed run can be resumed from
@@ -293,9 +295,17 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
         last_checkpoint[0] = step
 
     def write_preview(step: int) -> None:
-        png = png_bytes(problem.preview(settings.preview_resolution))
+        image = problem.preview(settings.preview_resolution)
+        png = png_bytes(image)
         write_bytes_atomic(stage.previews_dir / f"step-{step:06d}.png", png)
         write_bytes_atomic(stage.previews_dir / "latest.png", png)
+        if tensorboard is not None:
+            tensorboard.image(step, image)
+
+    def log_metrics(step: int, logs: dict) -> None:
+        stage.log_metrics(step, logs)
+        if tensorboard is not None:
+            tensorboard.scalars(step, logs)
 
     def describe(step: int) -> str:
         lo, hi = distiller.schedule.t_range(step)
@@ -303,7 +313,7 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
 
     nothing = lambda *args: None  # noqa: E731  (what the other ranks do instead of writing)
     hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview if main else nothing,
-                      log_metrics=stage.log_metrics if main else nothing,
+                      log_metrics=log_metrics if main else nothing,
                       progress=stage.progress if main else nothing, describe=describe, agree=world.agree)
     step_fn = lambda step: optimization_step(problem, session.prior.encode_images, distiller, step,  # noqa: E731
                                              session.generator, tensor_generator=session.tensor_generator)
@@ -329,6 +339,9 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
         if main:
             stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     world.barrier()
     return StageResult(opened.run.path, stage.name, "complete", done, settings.steps,
                        float(stage.manifest["timings"]["seconds"]), outputs)

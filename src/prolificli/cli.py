@@ -92,10 +92,9 @@ def main_options(
     pass
 
 
-TENSORBOARD_OPTION = typer.Option(False, "--tensorboard", help="Also write the metrics and previews as TensorBoard "
-                                                             "events to RUN/STAGE/tb/ (pip install "
-                                                             "'prolificli[tensorboard]'); same as --set "
-                                                             "log.tensorboard=true.")
+TENSORBOARD_OPTION = typer.Option(False, "--tensorboard", help=escape(  # typer's help reads rich markup
+    "Also write the metrics and previews as TensorBoard events to RUN/STAGE/tb/ "
+    "(pip install 'prolificli[tensorboard]'); same as --set log.tensorboard=true."))
 
 
 def tensorboard_override(tensorboard: bool) -> dict:

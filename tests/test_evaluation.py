@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from io import BytesIO
 from pathlib import Path
@@ -117,8 +120,31 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("offline_env", [False, True])
-def test_a_clip_hub_id_offline_fails_in_seconds_with_the_priors_advice(offline_env, monkeypatch):
+@pytest.fixture
+def hub_that_knows_nothing():
+    """A local HTTP server answering 404 to everything, like a hub (or a proxy) without the model."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("hub", ["refused", "offline"])
+def test_a_clip_hub_id_offline_fails_in_seconds_with_the_priors_advice(hub, monkeypatch):
     """Not cached and the hub unreachable (a refused local port stands in for no network), or
     HF_HUB_OFFLINE set: one line within 5 s, not huggingface_hub's ~45 s of retries."""
     import time
@@ -127,12 +153,14 @@ def test_a_clip_hub_id_offline_fails_in_seconds_with_the_priors_advice(offline_e
 
     from prolificli.evaluation.clip import load_clip
 
-    if offline_env:
+    if hub == "offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    from transformers import CLIPModel, CLIPTokenizer  # noqa: F401  (the clock times the hub, not imports)
+
     tic = time.perf_counter()
     with pytest.raises(ConfigError) as error:
         load_clip("prolificli-tests/no-such-clip")
@@ -141,7 +169,29 @@ def test_a_clip_hub_id_offline_fails_in_seconds_with_the_priors_advice(offline_e
     assert seconds < 5.0, seconds
     assert "\n" not in message and "hf download prolificli-tests/no-such-clip" in message
     assert "--clip-model DIR" in message and "--clip-model toy" in message
-    assert ("HF_HUB_OFFLINE is set" if offline_env else "the hub is unreachable") in message
+    assert ("HF_HUB_OFFLINE is set" if hub == "offline" else "the hub is unreachable") in message
+
+
+def test_a_hub_without_the_clip_model_fails_in_seconds_with_the_same_advice(hub_that_knows_nothing, tmp_path):
+    """A hub (or a proxy) that answers, but not with the model: the same advice, within 5 s. In a
+    fresh process, because huggingface_hub reads HF_ENDPOINT when it is imported."""
+    script = ("import json, time\n"
+              "from prolificli.config import ConfigError\n"
+              "from prolificli.evaluation.clip import load_clip\n"
+              "from transformers import CLIPModel, CLIPTokenizer\n"
+              "tic = time.perf_counter()\n"
+              "try:\n"
+              "    load_clip('prolificli-tests/no-such-clip')\n"
+              "except ConfigError as exc:\n"
+              "    print(json.dumps({'seconds': time.perf_counter() - tic, 'message': str(exc)}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub_that_knows_nothing, HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    result = json.loads(done.stdout)
+    assert result["seconds"] < 5.0, result
+    message = result["message"]
+    assert "\n" not in message and "from the Hugging Face hub" in message
+    assert "hf download prolificli-tests/no-such-clip" in message and "--clip-model DIR" in message, message
 
 
 def test_clip_similarity_is_the_models_own_logits_over_its_temperature(tiny_clip_dir):

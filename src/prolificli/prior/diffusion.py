@@ -287,16 +287,15 @@ def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, 
         raise PriorLoadError(f"{what}: no such directory, and not a valid hub id") from None
     except (OSError, ValueError):
         pass  # not (completely) in the cache
+    advice = (f"Download it on a connected machine (hf download {source} --local-dir DIR) and pass {option} DIR "
+              f"({offline_hint}).")
     why = "HF_HUB_OFFLINE is set" if _hub_offline() else None if _hub_reachable() else "the hub is unreachable"
     if why is not None:
-        raise PriorLoadError(
-            f"{what}: not a local directory and not in the Hugging Face cache, and {why}. Download it on a "
-            f"connected machine (hf download {source} --local-dir DIR) and pass {option} DIR "
-            f"({offline_hint}).")
+        raise PriorLoadError(f"{what}: not a local directory and not in the Hugging Face cache, and {why}. {advice}")
     try:
         return load(source, False)
-    except (OSError, ValueError) as exc:
-        raise PriorLoadError(f"{what} from the Hugging Face hub: {_first_line(exc)}") from None
+    except (OSError, ValueError) as exc:  # the hub answered, but not with this model (or a proxy did)
+        raise PriorLoadError(f"{what} from the Hugging Face hub: {_first_line(exc).rstrip('.')}. {advice}") from None
 
 
 def _looks_like_path(source: str) -> bool:

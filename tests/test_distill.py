@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from prolificli.config import GuidanceConfig, PriorConfig, ScoreModelConfig
+from prolificli.config import ConfigError, GuidanceConfig, PriorConfig, ScoreModelConfig
 from prolificli.distill import SDS, VSD, Conditioning, ScoreModel, TimestepSchedule, surrogate_loss, weight
 from prolificli.prior import load_prior
 
@@ -154,10 +154,60 @@ def test_sds_draws_t_from_the_schedule(tiny_prior):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_score_model_starts_as_its_base(tiny_prior):
+def expected_lora_modules(unet, targets: str) -> set[str]:
+    """The layers a named target set means, found by module class (not by name, as the code does)."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    names = {module: name for name, module in unet.named_modules()}
+    wanted = set()
+    for module, name in names.items():
+        if isinstance(module, Attention):
+            wanted |= {names[module.to_q], names[module.to_k], names[module.to_v], names[module.to_out[0]]}
+        if targets == "attention+resnet" and isinstance(module, ResnetBlock2D):
+            wanted |= {names[module.conv1], names[module.conv2], names[module.time_emb_proj]}
+    return wanted
+
+
+def lora_modules(unet) -> set[str]:
+    return {name for name, module in unet.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)}
+
+
+@pytest.mark.parametrize("targets", ["attention", "attention+resnet", "list"])
+def test_lora_lands_on_exactly_the_named_modules(tiny_prior, targets):
+    if targets == "list":
+        chosen = ["down_blocks.0.resnets.0.conv1", "mid_block.attentions.0.proj_in"]
+        ScoreModel(tiny_prior, ScoreModelConfig(lora_targets=chosen))
+        assert lora_modules(tiny_prior.unet) == set(chosen)
+        return
+    ScoreModel(tiny_prior, ScoreModelConfig(lora_targets=targets))
+    got = lora_modules(tiny_prior.unet)
+    assert got == expected_lora_modules(tiny_prior.unet, targets)
+    convolutions = {n for n in got if isinstance(tiny_prior.unet.get_submodule(n).base_layer, torch.nn.Conv2d)}
+    assert bool(convolutions) == (targets == "attention+resnet")
+
+
+def test_a_second_score_model_on_a_reused_prior_lands_on_the_same_modules(tiny_prior):
+    """A batch detaches one prompt's score model and attaches the next to the same UNet, whose
+    layers peft has wrapped by then."""
+    first = ScoreModel(tiny_prior, ScoreModelConfig(lora_targets="attention+resnet"))
+    first.shared.detach_score_model()
+    ScoreModel(tiny_prior, ScoreModelConfig(lora_targets="attention+resnet"))
+    assert lora_modules(tiny_prior.unet) == expected_lora_modules(tiny_prior.unet, "attention+resnet")
+
+
+def test_unknown_lora_targets_are_config_errors(tiny_prior):
+    with pytest.raises(ConfigError, match="attention\\+resnet"):
+        ScoreModel(tiny_prior, ScoreModelConfig(lora_targets="resnet"))
+    with pytest.raises(ConfigError, match="no.such.layer"):
+        ScoreModel(tiny_prior, ScoreModelConfig(lora_targets=["no.such.layer"]))
+
+
+@pytest.mark.parametrize("targets", ["attention", "attention+resnet"])
+def test_score_model_starts_as_its_base(tiny_prior, targets):
     """Zero LoRA B and zero camera last layer: eps_phi equals the base UNet's conditional eps."""
     pristine = copy.deepcopy(tiny_prior.unet)
-    score_model = ScoreModel(tiny_prior, ScoreModelConfig(prediction_type="epsilon"))
+    score_model = ScoreModel(tiny_prior, ScoreModelConfig(prediction_type="epsilon", lora_targets=targets))
     x0, cond, eps = make_batch(tiny_prior, 2)
     t = torch.tensor([250, 700])
     with torch.no_grad():
@@ -182,10 +232,11 @@ def test_only_lora_and_camera_are_trainable(tiny_prior, tiny_model_dir):
     assert all("lora_" in n for n in without_camera.trainable_state_dict())
 
 
-def test_prior_pass_runs_without_adapters(tiny_prior):
+@pytest.mark.parametrize("targets", ["attention", "attention+resnet"])
+def test_prior_pass_runs_without_adapters(tiny_prior, targets):
     prior = tiny_prior
     pristine = copy.deepcopy(prior.unet)
-    score_model = ScoreModel(prior, ScoreModelConfig())
+    score_model = ScoreModel(prior, ScoreModelConfig(lora_targets=targets))
     perturb_trainable(score_model)
     x0, cond, eps = make_batch(prior, 2)
     t = torch.tensor([300, 600])

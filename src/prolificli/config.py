@@ -168,6 +168,10 @@ class ScoreModelConfig:
     """VSD's model of the rendered-image distribution: LoRA + camera embedding on a UNet."""
 
     base: str = "prior"  # "prior": the prior's own UNet with adapters; else a hub id / directory
+    # which UNet layers carry the LoRA: "attention" (q, k, v, out projections: the paper's),
+    # "attention+resnet" (also every ResNet block's convolutions and time-embedding projection:
+    # for UNets with attention only at low resolution, like the toy one), or module names
+    lora_targets: Literal["attention", "attention+resnet"] | list[str] = "attention"
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lr: float = 1e-4

@@ -29,13 +29,44 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prolificli.config import ScoreModelConfig
+from prolificli.config import ConfigError, ScoreModelConfig
 from prolificli.distill.base import sample_noise, sample_timesteps, sample_uniform
 from prolificli.prior.shared_unet import SharedUNet
 
 ADAPTER_NAME = "score_model"
 CAMERA_DIM = 16  # c2w.flatten(1)
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections, as in the official code
+# score_model.lora_targets: the named sets, as the suffixes of the UNet module names they cover
+LORA_TARGETS = {
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),  # the attention projections, as in the official code
+    # A UNet with attention at low resolution only (the toy one: 8x8) cannot change its fine
+    # detail through the attention LoRA; its ResNet blocks are where that detail is made.
+    "attention+resnet": ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"),
+}
+
+
+def lora_target_modules(unet: nn.Module, targets: str | list[str]) -> list[str]:
+    """The full names of the UNet modules that get a LoRA: a named set's suffixes matched against
+    every Linear and Conv2d, or an explicit list of module names, each of which must exist."""
+    layers = set()
+    for name, module in unet.named_modules():
+        if name.endswith(".base_layer") or ".lora_" in name:  # the parts of a layer peft has wrapped
+            continue
+        # a layer that an earlier score model's adapter wrapped (a batch reuses the prior) is still one
+        if isinstance(getattr(module, "base_layer", module), (nn.Linear, nn.Conv2d)):
+            layers.add(name)
+    if isinstance(targets, str):
+        if targets not in LORA_TARGETS:
+            raise ConfigError(f"score_model.lora_targets: {targets!r} is not one of {', '.join(LORA_TARGETS)} "
+                              f"or a list of module names")
+        suffixes = LORA_TARGETS[targets]
+        return sorted(name for name in layers if any(name == s or name.endswith("." + s) for s in suffixes))
+    unknown = [name for name in targets if name not in layers]
+    if unknown or not targets:
+        example = sorted(layers)[0] if layers else "-"
+        raise ConfigError(f"score_model.lora_targets: {', '.join(unknown) or 'an empty list'} "
+                          f"{'is not a Linear or Conv2d of the UNet' if unknown else 'names no module'} "
+                          f"(full module names, e.g. {example!r})")
+    return sorted(set(targets))
 
 
 def _load_separate_unet(prior, name: str) -> nn.Module:
@@ -87,7 +118,7 @@ class ScoreModel(nn.Module):
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
-            target_modules=LORA_TARGETS,
+            target_modules=lora_target_modules(unet, cfg.lora_targets),
             init_lora_weights=True,
             lora_dropout=0.0,
         )

@@ -271,6 +271,8 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
             console.print(f"[dim]resuming {stage.path} from step {start}[/]")
     if world.active:
         details = {"processes": world.size, **details}
+    trained = sum(t.numel() for t in distiller.state_dict().tensors.values())  # VSD's LoRA + camera MLP; SDS: 0
+    details = {"distiller_parameters": trained, **details}
     tensorboard = TensorBoardLog(stage.path, start) if main and opened.recipe.log.tensorboard else None
     if main:
         stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start, details=details)

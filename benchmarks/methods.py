@@ -1,28 +1,33 @@
 """The distillation methods side by side in the toy world: SDS, VSD, L-VSD, L2-VSD, ESD.
 
-    python benchmarks/methods.py                                # both parts (~1.5 h on 2 CPU cores)
-    python benchmarks/methods.py --parts 2d --methods vsd l2vsd --prompts "a red cube"
+    python benchmarks/methods.py --parts 2d                     # 4 and 8 particles, 3 seeds (~3 h on 2 CPU cores)
+    python benchmarks/methods.py --parts 2d --methods sds vsd --particles-2d 4 --seeds 0
     python benchmarks/methods.py --parts nerf --methods vsd l2vsd l2vsd-last --prompts "a red cube" \
         --steps-nerf 100                                        # per-step times alone: run it on an idle machine
 
-Methods: sds, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by default;
-l2vsd-last (the last LoRA layer only) on request.
+Methods: sds, sds-cfg100, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by default;
+on request l2vsd-last (the last LoRA layer only) and vsd-attention, vsd-attention+resnet (VSD with
+that score_model.lora_targets, whatever the recipe says).
 
 Parts:
-  2d    the toy-2d recipe: each particle is a 32 px image, rendered by the identity. Every
-        --eval-every steps the particles are kept; afterwards, per kept step: the scorer's prompt
-        accuracy, how many distinct (shape, colour) readings a prompt's particles show, and the FID
-        of all prompts' particles pooled against ancestral samples of the prior (CFG 7.5, the same
-        prompts). ESD is left out here: with no camera its mixed score is VSD's.
-  nerf  the toy recipe, one NeRF per prompt. Every --eval-every steps: prompt accuracy over 8
-        views, silhouette IoU and depth error against the true object; at the end the FID of 30
-        views at 30 deg elevation, pooled over prompts, against DDIM samples of the prior for the
-        same view prompts (ProlificDreamer's 3D-FID).
-Every method runs at the recipes' CFG 7.5 (SDS at CFG 100 is in benchmarks/toyworld.py) and seed. Per
-method: final metrics, seconds per step (median over the run; the optimisation step alone), and
-the steps it took to reach VSD's final quality (2D: pooled FID <= VSD's final FID; NeRF: mean IoU
->= VSD's final mean IoU), "-" if it never did. The runs use the stage's own parts (problem,
-distiller, `optimization_step`) without its bookkeeping, so that they can be measured mid-run.
+  2d    the toy-2d recipe: each particle is a 32 px image, rendered by the identity; --updates-2d
+        updates per particle (so 8 particles take twice the steps of 4), for each of --seeds.
+        Every --eval-every steps the particles are kept. At the end: the scorer's prompt accuracy,
+        how many distinct (shape, colour) readings a prompt's particles show, the FID of all
+        prompts' particles pooled against 40 ancestral samples of the prior per prompt (CFG 7.5,
+        one set for every seed), and how clean the particles are: the share of white background
+        and the local speckle (toyworld/measures.py). The floor is a second set of ancestral
+        samples, one per particle. Then each measure's mean and [min, max] over the seeds.
+        ESD is left out here: with no camera its mixed score is VSD's.
+  nerf  the toy recipe, one NeRF per prompt, the first seed. Every --eval-every steps: prompt
+        accuracy over 8 views, silhouette IoU and depth error against the true object; at the end
+        the FID of 30 views at 30 deg elevation, pooled over prompts, against DDIM samples of the
+        prior for the same view prompts (ProlificDreamer's 3D-FID).
+Every method but sds-cfg100 runs at the recipes' CFG 7.5. Per method: final metrics, seconds per
+step (median over the run; the optimisation step alone), and the steps it took to reach VSD's
+final quality (2D: pooled FID <= VSD's final FID of the same seed; NeRF: mean IoU >= VSD's final
+mean IoU), "-" if it never did. The runs use the stage's own parts (problem, distiller,
+`optimization_step`) without its bookkeeping, so that they can be measured mid-run.
 Prints tables and writes benchmarks/results/methods-<parts>.json.
 """
 
@@ -45,12 +50,17 @@ RESULTS = ROOT / "results"
 RECIPES = {"2d": str(PACKAGE_RECIPES / "toy-2d.yaml"), "nerf": str(PACKAGE_RECIPES / "toy.yaml")}
 # name -> recipe overrides; L2-VSD at the default eta = 0.01 and at eta = 1, the ends of the paper's
 # ablation range that matter here (its linear term is ~0.1% of the gradient at 0.01 in this world)
-METHODS = {"sds": ["guidance.method=sds"], "vsd": ["guidance.method=vsd"], "l-vsd": ["guidance.method=l-vsd"],
+METHODS = {"sds": ["guidance.method=sds"], "sds-cfg100": ["guidance.method=sds", "guidance.cfg_scale=100"],
+           "vsd-attention": ["guidance.method=vsd", "score_model.lora_targets=attention"],
+           "vsd-attention+resnet": ["guidance.method=vsd", "score_model.lora_targets=attention+resnet"],
+           "vsd": ["guidance.method=vsd"], "l-vsd": ["guidance.method=l-vsd"],
            "l2vsd": ["guidance.method=l2vsd"], "l2vsd-eta1": ["guidance.method=l2vsd", "lookahead.eta=1"],
            "l2vsd-last": ["guidance.method=l2vsd", "lookahead.last_layer_only=true"],
            "esd": ["guidance.method=esd"]}
-DEFAULT_METHODS = ["sds", "vsd", "l-vsd", "l2vsd", "l2vsd-eta1", "esd"]
-PROMPTS = {"2d": ["a red cube", "a blue object", "a sphere"],
+DEFAULT_METHODS = ["sds", "sds-cfg100", "vsd", "l-vsd", "l2vsd", "l2vsd-eta1", "esd"]
+REFERENCE_SEED = 12345  # the 2D reference samples' generator; no run's seed
+# 2D: prompts that admit several objects, so that diversity shows in the distinct readings
+PROMPTS = {"2d": ["a red object", "an object", "a sphere"],
            "nerf": ["a red cube", "a purple torus", "an orange pyramid"]}
 
 
@@ -90,16 +100,19 @@ def steps_to_reach(curve: dict[int, float], target: float, higher_is_better: boo
     return None
 
 
-def part_2d(methods, prompts, steps, particles, eval_every, seed, console) -> list[dict]:
+def part_2d(methods, prompts, steps, particles, eval_every, seeds, console) -> list[dict]:
+    """One row per (method, seed), then one per method with the mean and spread over seeds."""
     from prolificli.methods import build_recipe
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance
     from prolificli.prior import load_prior
     from prolificli.prior.sampling import sample_images
+    from prolificli.toyworld.measures import speckle, white_fraction
     from prolificli.toyworld.scorer import load_scorer
 
     scorer, inception = load_scorer(), InceptionFeatures()
     prior = load_prior(build_recipe(RECIPES["2d"]).prior)
-    generator = torch.Generator().manual_seed(seed)
+    # the reference is one set for all seeds, drawn from a generator no run uses
+    generator = torch.Generator().manual_seed(REFERENCE_SEED)
     with console.status("ancestral samples of the prior (the reference)"):
         reference = torch.cat([sample_images(prior, [p] * 40, steps=100, guidance_scale=7.5, eta=1.0,
                                              generator=generator) for p in prompts])
@@ -109,39 +122,59 @@ def part_2d(methods, prompts, steps, particles, eval_every, seed, console) -> li
         shapes, colours = scorer.classify(images)
         return len(set(zip(shapes, colours)))
 
-    # the floor: a second, independent set of ancestral samples, as many per prompt as there are particles
-    with console.status("ancestral samples of the prior (the floor)"):
-        floor = {p: sample_images(prior, [p] * particles, steps=100, guidance_scale=7.5, eta=1.0, generator=generator)
-                 for p in prompts}
-    rows = [{"method": "ancestral samples (floor)",
-             "prompt_accuracy": statistics.mean(float(scorer.matches(floor[p], p).float().mean()) for p in prompts),
-             "distinct": statistics.mean(readings(floor[p]) for p in prompts),
-             "fid": frechet_distance(inception(torch.cat(list(floor.values()))), reference_features)}]
-    save_grid(floor, RESULTS / "methods-2d" / "ancestral.png")
-    curves = {}
-    for method in [m for m in methods if m != "esd"]:
-        snapshots, seconds = {}, []
-        for prompt in prompts:
-            recipe = build_recipe(RECIPES["2d"], METHODS[method] + [f"nerf.steps={steps}",
-                                                                    f"nerf.particles={particles}", f"seed={seed}"])
-            snaps, secs, _ = train(recipe, prompt, eval_every, lambda problem: problem.rgb().cpu(), console)
-            snapshots[prompt] = snaps
-            seconds += secs
-        curve = {step: frechet_distance(inception(torch.cat([snapshots[p][step] for p in prompts])), reference_features)
-                 for step in snapshots[prompts[0]]}
-        final = {p: snapshots[p][steps] for p in prompts}
-        row = {"method": method, "prompt_accuracy": statistics.mean(float(scorer.matches(final[p], p).float().mean())
-                                                                     for p in prompts),
-               "distinct": statistics.mean(readings(final[p]) for p in prompts), "fid": curve[steps],
-               "fid_curve": curve, "s_per_step": statistics.median(seconds)}
-        curves[method] = curve
-        rows.append(row)
-        console.print(json.dumps({k: v for k, v in row.items() if k != "fid_curve"}), highlight=False)
-        save_grid(final, RESULTS / "methods-2d" / f"{method}.png")
-    if "vsd" in curves:
-        for row in rows[1:]:
-            row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], curves["vsd"][steps], higher_is_better=False)
-    return rows
+    def measure(images_by_prompt: dict) -> dict:
+        pooled = torch.cat(list(images_by_prompt.values()))
+        mean = statistics.mean
+        return {"prompt_accuracy": mean(float(scorer.matches(x, p).float().mean()) for p, x in images_by_prompt.items()),
+                "distinct": mean(readings(x) for x in images_by_prompt.values()),
+                "fid": frechet_distance(inception(pooled), reference_features),
+                "white": white_fraction(pooled), "speckle": speckle(pooled)}
+
+    rows = []
+    for seed in seeds:
+        # the floor: a second, independent set of ancestral samples, as many per prompt as there are particles
+        generator = torch.Generator().manual_seed(seed)
+        with console.status(f"ancestral samples of the prior (the floor, seed {seed})"):
+            floor = {p: sample_images(prior, [p] * particles, steps=100, guidance_scale=7.5, eta=1.0,
+                                      generator=generator) for p in prompts}
+        rows.append({"method": "ancestral", "seed": seed, **measure(floor)})
+        save_grid(floor, RESULTS / "methods-2d" / f"ancestral-p{particles}-s{seed}.png")
+        for method in [m for m in methods if m != "esd"]:
+            snapshots, seconds = {}, []
+            for prompt in prompts:
+                recipe = build_recipe(RECIPES["2d"], METHODS[method] + [
+                    f"nerf.steps={steps}", f"nerf.particles={particles}", f"seed={seed}"])
+                snapshots[prompt], secs, _ = train(recipe, prompt, eval_every, lambda problem: problem.rgb().cpu(),
+                                                   console)
+                seconds += secs
+            curve = {step: frechet_distance(inception(torch.cat([snapshots[p][step] for p in prompts])),
+                                            reference_features) for step in snapshots[prompts[0]]}
+            final = {p: snapshots[p][steps] for p in prompts}
+            row = {"method": method, "seed": seed, **measure(final), "fid_curve": curve,
+                   "s_per_step": statistics.median(seconds)}
+            rows.append(row)
+            console.print(json.dumps({k: v for k, v in row.items() if k != "fid_curve"}), highlight=False)
+            save_grid(final, RESULTS / "methods-2d" / f"{method}-p{particles}-s{seed}.png")
+    vsd_final = {r["seed"]: r["fid"] for r in rows if r["method"] == "vsd"}
+    for row in rows:
+        if row["seed"] in vsd_final and "fid_curve" in row:
+            row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], vsd_final[row["seed"]], higher_is_better=False)
+    return rows + seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step"])
+
+
+def seed_summaries(rows: list[dict], measures: list[str]) -> list[dict]:
+    """Per method, each measure's mean over seeds and its spread (min, max)."""
+    summaries = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        summary = {"method": method, "seed": f"mean of {len(mine)}"}
+        for m in measures:
+            values = [r[m] for r in mine if r.get(m) is not None]
+            if values:
+                summary[m] = statistics.mean(values)
+                summary[f"{m}_range"] = (min(values), max(values))
+        summaries.append(summary)
+    return summaries
 
 
 def save_grid(images_by_prompt: dict, path: Path) -> None:
@@ -209,14 +242,18 @@ def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """A summary row's cell reads "mean [min, max]" over its seeds."""
     print(f"\n{title}")
-    print(" | ".join(f"{c:>18}" if i else f"{c:<30}" for i, c in enumerate(columns)))
+    width = 22
+    print(" | ".join(f"{c:>{width}}" if i else f"{c:<24}" for i, c in enumerate(columns)))
     for r in rows:
         cells = []
         for i, c in enumerate(columns):
-            v = r.get(c)
+            v, spread = r.get(c), r.get(f"{c}_range")
             text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-            cells.append(f"{text:>18}" if i else f"{text:<30}")
+            if spread and spread[0] != spread[1]:
+                text += f" [{spread[0]:.3g}, {spread[1]:.3g}]"
+            cells.append(f"{text:>{width}}" if i else f"{text:<24}")
         print(" | ".join(cells))
 
 
@@ -225,11 +262,13 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["2d", "nerf"], default=["2d", "nerf"])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS)
     parser.add_argument("--prompts", nargs="+", help="default: per part, see PROMPTS")
-    parser.add_argument("--steps-2d", type=int, default=800)
-    parser.add_argument("--particles-2d", type=int, default=8)
+    parser.add_argument("--updates-2d", type=int, default=125,
+                        help="2D: updates per particle; a run takes this times the particle count in steps")
+    parser.add_argument("--particles-2d", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--steps-nerf", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="2D: one run per seed, then mean and spread; NeRF: the first seed")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/methods-<parts>.json")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -239,15 +278,19 @@ def main() -> None:
     results: dict = {"args": vars(args)}
     tables = []
     if "2d" in args.parts:
-        rows = part_2d(args.methods, args.prompts or PROMPTS["2d"], args.steps_2d, args.particles_2d,
-                       args.eval_every, args.seed, console)
-        results["2d"] = rows
-        tables.append((f"2D mode: {args.particles_2d} image particles per prompt, {args.steps_2d} steps; "
-                        f"FID pooled over prompts against 40 ancestral samples per prompt", rows,
-                        ["method", "prompt_accuracy", "distinct", "fid", "steps_to_vsd_final", "s_per_step"]))
+        results["2d"] = {}
+        for particles in args.particles_2d:
+            steps = args.updates_2d * particles
+            rows = part_2d(args.methods, args.prompts or PROMPTS["2d"], steps, particles, args.eval_every,
+                           args.seeds, console)
+            results["2d"][particles] = rows
+            tables.append((f"2D mode: {particles} image particles per prompt, {steps} steps, seeds "
+                           f"{args.seeds}; FID pooled over prompts against 40 ancestral samples per prompt", rows,
+                           ["method", "seed", "prompt_accuracy", "distinct", "fid", "white", "speckle",
+                            "steps_to_vsd_final", "s_per_step"]))
     if "nerf" in args.parts:
         rows = part_nerf(args.methods, args.prompts or PROMPTS["nerf"], args.steps_nerf, args.eval_every,
-                         args.seed, console)
+                         args.seeds[0], console)
         results["nerf"] = rows
         tables.append((f"NeRF stage: the toy recipe, {args.steps_nerf} steps, one particle per prompt", rows,
                        ["method", "prompt_accuracy", "silhouette_iou", "depth_error", "fid", "steps_to_vsd_final",

@@ -101,3 +101,28 @@ def test_training_captions_mix_levels_suffixes_and_empty():
     assert 0.07 < empty < 0.13
     assert any(c == "a red sphere, front view" for c in captions)
     assert any(c == "an object" for c in captions)
+
+
+def test_white_fraction_counts_pixels_white_in_every_channel():
+    from prolificli.toyworld.measures import white_fraction
+
+    images = torch.ones(2, 3, 4, 4)
+    images[0, 0, :2] = 0.5  # 8 pixels tinted in the red channel alone
+    images[1, :, 0, 0] = 0.95  # near-white still counts
+    assert white_fraction(images) == pytest.approx(1 - 8 / 32)
+
+
+def test_speckle_closed_forms():
+    from prolificli.toyworld.measures import speckle
+
+    # flat and affine images have none: the 3x3 mean of a ramp is the ramp
+    y, x = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    assert speckle(torch.ones(1, 3, 8, 8)) == pytest.approx(0.0, abs=1e-7)
+    assert speckle((0.1 * x + 0.05 * y).expand(1, 3, 8, 8)) == pytest.approx(0.0, abs=1e-6)
+    # a one-pixel checkerboard: each interior pixel differs from its 3x3 mean by 4/9
+    checker = ((x + y) % 2).expand(1, 3, 8, 8)
+    assert speckle(checker) == pytest.approx(4 / 9)
+    # one bright pixel on black, inside a 6x6 interior: 8/9 at it, 1/9 at its 8 neighbours
+    impulse = torch.zeros(1, 1, 8, 8)
+    impulse[..., 3, 4] = 1.0
+    assert speckle(impulse) == pytest.approx((8 / 9 + 8 / 9) / 36)

@@ -1,11 +1,13 @@
 """Measure a NeRF against the toy world's ground truth: what the scorer reads in its renders,
-and how well its silhouette and depth match the true object from the same cameras."""
+and how well its silhouette and depth match the true object from the same cameras. Also how
+clean an image is: the share of white background and the local speckle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras, evaluation_orbit
@@ -27,6 +29,20 @@ class ParticleReport:
     silhouette_iou: float | None  # None when the prompt leaves the shape open (no single truth)
     depth_error: float | None  # mean |depth - true depth| where both are opaque, world units
     shape_votes: dict[str, int]  # scorer's shape reading per view
+
+
+def white_fraction(images: Tensor, threshold: float = 0.9) -> float:
+    """The share of pixels whose every channel exceeds `threshold`: the toy world's objects sit on
+    white, so a tinted or speckled background lowers it. images: [B,3,H,W] in [0,1]."""
+    return (images.min(dim=1).values > threshold).float().mean().item()
+
+
+def speckle(images: Tensor) -> float:
+    """Mean |x - its 3x3 box average| over interior pixels and channels: 0 on any affine ramp, 4/9 on
+    a one-pixel checkerboard of 0 and 1. The toy world's images are flat-shaded, so high-frequency
+    noise is what raises it. images: [B,3,H,W]."""
+    local_mean = F.avg_pool2d(images, 3, stride=1)  # [B,3,H-2,W-2], centred on the interior pixels
+    return (images[..., 1:-1, 1:-1] - local_mean).abs().mean().item()
 
 
 def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:

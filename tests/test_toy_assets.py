@@ -56,7 +56,7 @@ def test_the_true_object_scores_as_itself():
     cube = ToyObjectField(ToyObject("cube", "red"))
     report = evaluate_particle(cube, background, recipe, "a red cube", scorer, views=4, resolution=32)
     assert report.silhouette_iou > 0.9 and report.depth_error < 0.02
-    assert report.prompt_accuracy >= 0.75
+    assert report.prompt_accuracy >= 0.75 and report.reading == ("cube", "red")
     sphere = ToyObjectField(ToyObject("sphere", "red"))
     wrong = evaluate_particle(sphere, background, recipe, "a red cube", scorer, views=4, resolution=32)
     assert wrong.silhouette_iou < report.silhouette_iou - 0.1

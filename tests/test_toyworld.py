@@ -126,3 +126,33 @@ def test_speckle_closed_forms():
     impulse = torch.zeros(1, 1, 8, 8)
     impulse[..., 3, 4] = 1.0
     assert speckle(impulse) == pytest.approx((8 / 9 + 8 / 9) / 36)
+
+
+def test_particles_posterior_eps_is_minus_sigma_times_the_mixture_score():
+    """Tweedie: E[eps | x_t] = -sigma grad log p(x_t), p the mixture of N(alpha x_i, sigma^2 I);
+    the gradient here is autograd's of the mixture's log density, an independent route."""
+    from prolificli.toyworld.measures import particles_posterior_eps
+
+    torch.manual_seed(0)
+    particles = torch.randn(3, 2, 4, 4)
+    alpha, sigma = torch.tensor([0.8, 0.3]).view(2, 1, 1, 1), torch.tensor([0.6, 0.95]).view(2, 1, 1, 1)
+    x_t = torch.randn(2, 2, 4, 4, requires_grad=True)
+    squared = ((x_t[:, None] - alpha[:, None] * particles[None]) ** 2).flatten(2).sum(-1)  # [b, n]
+    log_density = torch.logsumexp(-squared / (2 * sigma.view(-1, 1) ** 2), dim=1).sum()
+    (score,) = torch.autograd.grad(log_density, x_t)
+    expected = -sigma * score
+    assert torch.allclose(particles_posterior_eps(particles, x_t.detach(), alpha, sigma), expected, atol=1e-5)
+    # one particle: the posterior is certain, and the prediction is the noise that was added
+    eps = torch.randn(2, 2, 4, 4)
+    x_t = alpha * particles[:1] + sigma * eps
+    assert torch.allclose(particles_posterior_eps(particles[:1], x_t, alpha, sigma), eps, atol=1e-5)
+
+
+def test_majority_reading_counts_pairs_not_attributes():
+    from prolificli.toyworld.measures import majority_reading
+
+    # "cube" is the commonest shape and "red" the commonest colour, but no view reads a red cube
+    shapes = ["cube", "cube", "sphere", "sphere", "cube"]
+    colours = ["blue", "green", "red", "red", "yellow"]
+    assert majority_reading(shapes, colours) == ("sphere", "red")
+    assert majority_reading(["cone", "torus"], ["red", "blue"]) == ("cone", "red")  # a tie: the first view

@@ -1,6 +1,7 @@
 """Measure a NeRF against the toy world's ground truth: what the scorer reads in its renders,
 and how well its silhouette and depth match the true object from the same cameras. Also how
-clean an image is: the share of white background and the local speckle."""
+clean an image is: the share of white background and the local speckle; and the exact noise
+prediction for a set of particles, the ideal that a score model of them tends to."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ class ParticleReport:
     silhouette_iou: float | None  # None when the prompt leaves the shape open (no single truth)
     depth_error: float | None  # mean |depth - true depth| where both are opaque, world units
     shape_votes: dict[str, int]  # scorer's shape reading per view
+    reading: tuple[str, str]  # the (shape, colour) the scorer reads in most views: what the particle is
+
+
+def majority_reading(shapes: list[str], colours: list[str]) -> tuple[str, str]:
+    """The most common (shape, colour) pair of per-view readings; ties go to the earliest view."""
+    pairs = list(zip(shapes, colours))
+    return max(dict.fromkeys(pairs), key=pairs.count)
 
 
 def white_fraction(images: Tensor, threshold: float = 0.9) -> float:
@@ -43,6 +51,17 @@ def speckle(images: Tensor) -> float:
     noise is what raises it. images: [B,3,H,W]."""
     local_mean = F.avg_pool2d(images, 3, stride=1)  # [B,3,H-2,W-2], centred on the interior pixels
     return (images[..., 1:-1, 1:-1] - local_mean).abs().mean().item()
+
+
+def particles_posterior_eps(particles: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """E[eps | x_t] when x_0 is one of `particles` [n,C,H,W], each equally likely, and
+    x_t = alpha x_0 + sigma eps [b,C,H,W] (alpha, sigma [b,1,1,1]): the ideal score model of n
+    particles, the one VSD's Eq. 8 tends to. p(x_0 = x_i | x_t) is the softmax over i of
+    -|x_t - alpha x_i|^2 / (2 sigma^2), and E[eps | x_t] = sum_i p_i (x_t - alpha x_i) / sigma."""
+    residual = x_t.float()[:, None] - alpha.float()[:, None] * particles.float()[None]  # [b,n,C,H,W]
+    logits = -(residual.flatten(2) ** 2).sum(-1) / (2 * sigma.float().view(-1, 1) ** 2)  # [b,n]
+    weights = logits.softmax(dim=1)[:, :, None, None, None]
+    return (weights * residual).sum(1) / sigma.float()
 
 
 def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
@@ -68,7 +87,7 @@ def evaluate_particle(field, background, recipe: Recipe, prompt: str, scorer: To
     out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
     images = out.rgb.permute(0, 3, 1, 2).clamp(0, 1)
     accuracy = scorer.matches(images, prompt).float().mean().item()
-    shapes, _ = scorer.classify(images)
+    shapes, colours = scorer.classify(images)
     votes = {shape: shapes.count(shape) for shape in SHAPES if shape in shapes}
     shape, colour = parse_prompt(prompt)
     iou = error = None
@@ -76,7 +95,7 @@ def evaluate_particle(field, background, recipe: Recipe, prompt: str, scorer: To
         truth = render_object(ToyObject(shape, colour or "red"), cameras, resolution)
         iou = silhouette_iou(out.opacity, truth.opacity)
         error = depth_error(out.depth, out.opacity, truth.depth, truth.opacity)
-    return ParticleReport(accuracy, iou, error, votes)
+    return ParticleReport(accuracy, iou, error, votes, majority_reading(shapes, colours))
 
 
 def chamfer_distance(mesh, truth, samples: int = 20000, seed: int = 0) -> float:
@@ -114,10 +133,11 @@ def evaluate_textured_mesh(vertices: Tensor, faces: Tensor, uvs: Tensor, texture
     image = out.composite(color, torch.ones_like(color))
     images = image.permute(0, 3, 1, 2).clamp(0, 1)
     accuracy = scorer.matches(images, prompt).float().mean().item()
-    shapes, _ = scorer.classify(images)
+    shapes, colours = scorer.classify(images)
     shape, colour = parse_prompt(prompt)
     iou = None
     if shape is not None:
         truth = render_object(ToyObject(shape, colour or "red"), cameras, resolution)
         iou = silhouette_iou(out.opacity, truth.opacity)
-    return ParticleReport(accuracy, iou, None, {s: shapes.count(s) for s in SHAPES if s in shapes})
+    return ParticleReport(accuracy, iou, None, {s: shapes.count(s) for s in SHAPES if s in shapes},
+                          majority_reading(shapes, colours))

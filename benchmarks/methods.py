@@ -2,8 +2,9 @@
 
     python benchmarks/methods.py --parts 2d                     # 4 and 8 particles, 3 seeds (~3 h on 2 CPU cores)
     python benchmarks/methods.py --parts 2d --methods sds vsd --particles-2d 4 --seeds 0
+    python benchmarks/methods.py --parts nerf --methods sds-cfg100 vsd        # 4 particles, both prompt sets
     python benchmarks/methods.py --parts nerf --methods vsd l2vsd l2vsd-last --prompts "a red cube" \
-        --steps-nerf 100                                        # per-step times alone: run it on an idle machine
+        --particles-nerf 1 --updates-nerf 100                   # per-step times alone: run it on an idle machine
 
 Methods: sds, sds-cfg100, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by default;
 on request l2vsd-last (the last LoRA layer only) and vsd-attention, vsd-attention+resnet (VSD with
@@ -19,10 +20,14 @@ Parts:
         and the local speckle (toyworld/measures.py). The floor is a second set of ancestral
         samples, one per particle. Then each measure's mean and [min, max] over the seeds.
         ESD is left out here: with no camera its mixed score is VSD's.
-  nerf  the toy recipe, one NeRF per prompt, the first seed. Every --eval-every steps: prompt
-        accuracy over 8 views, silhouette IoU and depth error against the true object; at the end
-        the FID of 30 views at 30 deg elevation, pooled over prompts, against DDIM samples of the
-        prior for the same view prompts (ProlificDreamer's 3D-FID).
+  nerf  the toy recipe, --particles-nerf NeRFs per prompt, --updates-nerf updates each, the first
+        seed; two prompt sets, each its own table: the multi-object prompts (diversity) and full
+        captions, one true object each (quality). Every --eval-every steps, per particle: prompt
+        accuracy over 8 views, silhouette IoU and depth error against the true object (prompts
+        that name a shape), and the (shape, colour) the scorer reads in most views; "distinct" counts a
+        prompt's different readings. At the end the FID of 30 views per particle at 30 deg
+        elevation, pooled over prompts, against DDIM samples of the prior for the same view
+        prompts (ProlificDreamer's 3D-FID).
 Every method but sds-cfg100 runs at the recipes' CFG 7.5. Per method: final metrics, seconds per
 step (median over the run; the optimisation step alone), and the steps it took to reach VSD's
 final quality (2D: pooled FID <= VSD's final FID of the same seed; NeRF: mean IoU >= VSD's final
@@ -60,13 +65,17 @@ METHODS = {"sds": ["guidance.method=sds"], "sds-cfg100": ["guidance.method=sds",
 DEFAULT_METHODS = ["sds", "sds-cfg100", "vsd", "l-vsd", "l2vsd", "l2vsd-eta1", "esd"]
 REFERENCE_SEED = 12345  # the 2D reference samples' generator; no run's seed
 # 2D: prompts that admit several objects, so that diversity shows in the distinct readings
-PROMPTS = {"2d": ["a red object", "an object", "a sphere"],
-           "nerf": ["a red cube", "a purple torus", "an orange pyramid"]}
+PROMPTS = {"2d": ["a red object", "an object", "a sphere"]}
+# NeRF: the same prompts for diversity, and full captions (one true object each) for quality
+NERF_PROMPTS = {"multi-object": PROMPTS["2d"], "captions": ["a red cube", "a purple torus", "an orange pyramid"]}
 
 
-def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> tuple[dict, list[float], object]:
+def train(recipe, prompt: str, eval_every: int, snapshot, console: Console,
+          adjust=None) -> tuple[dict, list[float], object]:
     """Run the stage's optimisation for recipe.nerf.steps; `snapshot(problem)` every eval_every
-    steps. Returns the snapshots by step, each step's seconds, and the trained problem."""
+    steps. `adjust(problem, distiller, prior)`, if given, may change the problem in place and
+    returns the distiller to use (benchmarks/held_out_2d.py's diagnostics). Returns the
+    snapshots by step, each step's seconds, and the trained problem."""
     from prolificli.optimize import optimization_step
     from prolificli.prior import load_prior
     from prolificli.methods import build_distiller
@@ -77,6 +86,8 @@ def train(recipe, prompt: str, eval_every: int, snapshot, console: Console) -> t
     prior = load_prior(recipe.prior)  # one per run: a second score model on one prior is an error
     problem = make_problem(recipe, prior, prompt, generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
+    if adjust is not None:
+        distiller = adjust(problem, distiller, prior)
     snapshots, seconds = {}, []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{recipe.scene.representation} {recipe.guidance.method} '{prompt}'",
@@ -189,7 +200,9 @@ def save_grid(images_by_prompt: dict, path: Path) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
+def part_nerf(methods, prompts, updates, particles, eval_every, seed, console) -> list[dict]:
+    """One row per method: `particles` NeRFs per prompt, each `updates` updates (a random particle
+    moves each step, so a run takes about updates x particles steps)."""
     from prolificli.cameras import orbit_cameras, view_prompts
     from prolificli.methods import build_recipe
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
@@ -207,35 +220,43 @@ def part_nerf(methods, prompts, steps, eval_every, seed, console) -> list[dict]:
         samples = torch.cat([prior_samples(prior, base.prior.model, view_prompts(p, fid_cameras, cam), seed=seed)
                              for p in prompts])
     reference_features = inception(samples)
+    mean = statistics.mean
 
-    rows, iou_curves = [], {}
+    def mean_of(values):
+        values = [v for v in values if v is not None]
+        return mean(values) if values else None
+
+    rows, iou_curves, steps = [], {}, updates * particles
     for method in methods:
         reports, seconds, fid_views = {}, [], []
         for prompt in prompts:
-            recipe = build_recipe(RECIPES["nerf"], METHODS[method] + [f"nerf.steps={steps}", f"seed={seed}"])
+            recipe = build_recipe(RECIPES["nerf"], METHODS[method] + [
+                f"nerf.steps={steps}", f"nerf.particles={particles}", f"seed={seed}"])
 
             def snapshot(problem, recipe=recipe, prompt=prompt):
-                return evaluate_particle(problem.fields[0], problem.backgrounds[0], recipe, prompt, scorer)
+                return [evaluate_particle(field, background, recipe, prompt, scorer)
+                        for field, background in zip(problem.fields, problem.backgrounds)]
 
             snaps, secs, problem = train(recipe, prompt, eval_every, snapshot, console)
             reports[prompt], seconds = snaps, seconds + secs
             with torch.no_grad():
-                out = render(problem.fields[0], problem.backgrounds[0], fid_cameras, prior.image_size,
-                             prior.image_size, recipe.nerf.render, stratified=False)
-            fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
-        mean = statistics.mean
-        curve = {step: mean(reports[p][step].silhouette_iou for p in prompts) for step in reports[prompts[0]]}
-        final = [reports[p][steps] for p in prompts]
-        row = {"method": method, "prompt_accuracy": mean(r.prompt_accuracy for r in final),
-               "silhouette_iou": curve[steps], "depth_error": mean(r.depth_error for r in final),
+                for field, background in zip(problem.fields, problem.backgrounds):
+                    out = render(field, background, fid_cameras, prior.image_size, prior.image_size,
+                                 recipe.nerf.render, stratified=False)
+                    fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
+        curve = {step: mean_of(r.silhouette_iou for p in prompts for r in reports[p][step]) for step in reports[prompts[0]]}
+        final = {p: reports[p][steps] for p in prompts}
+        row = {"method": method, "prompt_accuracy": mean(r.prompt_accuracy for rs in final.values() for r in rs),
+               "distinct": mean(len({r.reading for r in rs}) for rs in final.values()),
+               "silhouette_iou": curve[steps], "depth_error": mean_of(r.depth_error for rs in final.values() for r in rs),
                "fid": frechet_distance(inception(torch.cat(fid_views)), reference_features),
-               "iou_curve": curve, "per_prompt": {p: {"accuracy": r.prompt_accuracy, "iou": r.silhouette_iou}
-                                                  for p, r in zip(prompts, final)},
+               "iou_curve": curve, "per_prompt": {p: [{"accuracy": r.prompt_accuracy, "iou": r.silhouette_iou,
+                                                       "reading": r.reading} for r in rs] for p, rs in final.items()},
                "s_per_step": statistics.median(seconds)}
         iou_curves[method] = curve
         rows.append(row)
         console.print(json.dumps({k: v for k, v in row.items() if k != "iou_curve"}), highlight=False)
-    if "vsd" in iou_curves:
+    if "vsd" in iou_curves and iou_curves["vsd"][steps] is not None:
         for row in rows:
             row["steps_to_vsd_final"] = steps_to_reach(row["iou_curve"], iou_curves["vsd"][steps], higher_is_better=True)
     return rows
@@ -265,7 +286,11 @@ def main() -> None:
     parser.add_argument("--updates-2d", type=int, default=125,
                         help="2D: updates per particle; a run takes this times the particle count in steps")
     parser.add_argument("--particles-2d", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--steps-nerf", type=int, default=1000)
+    parser.add_argument("--updates-nerf", type=int, default=1000,
+                        help="NeRF: updates per particle (the toy recipe's steps for one particle)")
+    parser.add_argument("--particles-nerf", type=int, default=4)
+    parser.add_argument("--nerf-prompts", nargs="+", choices=list(NERF_PROMPTS), default=list(NERF_PROMPTS),
+                        help="NeRF: which prompt sets, each its own table (--prompts replaces them)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="2D: one run per seed, then mean and spread; NeRF: the first seed")
@@ -289,12 +314,16 @@ def main() -> None:
                            ["method", "seed", "prompt_accuracy", "distinct", "fid", "white", "speckle",
                             "steps_to_vsd_final", "s_per_step"]))
     if "nerf" in args.parts:
-        rows = part_nerf(args.methods, args.prompts or PROMPTS["nerf"], args.steps_nerf, args.eval_every,
-                         args.seeds[0], console)
-        results["nerf"] = rows
-        tables.append((f"NeRF stage: the toy recipe, {args.steps_nerf} steps, one particle per prompt", rows,
-                       ["method", "prompt_accuracy", "silhouette_iou", "depth_error", "fid", "steps_to_vsd_final",
-                        "s_per_step"]))
+        results["nerf"] = {}
+        prompt_sets = {"given": args.prompts} if args.prompts else {k: NERF_PROMPTS[k] for k in args.nerf_prompts}
+        for name, prompts in prompt_sets.items():
+            rows = part_nerf(args.methods, prompts, args.updates_nerf, args.particles_nerf, args.eval_every,
+                             args.seeds[0], console)
+            results["nerf"][name] = rows
+            tables.append((f"NeRF stage, {name} prompts {prompts}: the toy recipe, {args.particles_nerf} particles "
+                           f"per prompt, {args.updates_nerf} updates each, seed {args.seeds[0]}", rows,
+                           ["method", "prompt_accuracy", "distinct", "silhouette_iou", "depth_error", "fid",
+                            "steps_to_vsd_final", "s_per_step"]))
     for title, rows, columns in tables:
         print_table(title, rows, columns)
         step_times = {r["method"]: r["s_per_step"] for r in rows if "s_per_step" in r}

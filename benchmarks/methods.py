@@ -5,6 +5,7 @@
     python benchmarks/methods.py --parts nerf --methods sds-cfg100 vsd        # 4 particles, both prompt sets
     python benchmarks/methods.py --parts nerf --methods vsd l2vsd l2vsd-last --prompts "a red cube" \
         --particles-nerf 1 --updates-nerf 100                   # per-step times alone: run it on an idle machine
+    python benchmarks/methods.py --merge A.json B.json=l-vsd,l2vsd  # one 2D table from several invocations
 
 Methods: sds, sds-cfg100, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by default;
 on request l2vsd-last (the last LoRA layer only) and vsd-attention, vsd-attention+resnet (VSD with
@@ -166,11 +167,44 @@ def part_2d(methods, prompts, steps, particles, eval_every, seeds, console) -> l
             rows.append(row)
             console.print(json.dumps({k: v for k, v in row.items() if k != "fid_curve"}), highlight=False)
             save_grid(final, RESULTS / "methods-2d" / f"{method}-p{particles}-s{seed}.png")
+    return summarize_2d(rows)
+
+
+def summarize_2d(rows: list[dict]) -> list[dict]:
+    """The per-seed rows with each run's steps to VSD's final FID of its seed, then the summaries."""
     vsd_final = {r["seed"]: r["fid"] for r in rows if r["method"] == "vsd"}
     for row in rows:
         if row["seed"] in vsd_final and "fid_curve" in row:
             row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], vsd_final[row["seed"]], higher_is_better=False)
-    return rows + seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step"])
+    return rows + seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step",
+                                        "steps_to_vsd_final"])
+
+
+def merge_2d(sources: list[str]) -> dict[int, list[dict]]:
+    """The 2D per-seed rows of several results files, by particle count, as one table. A source
+    is FILE or FILE=METHOD,METHOD (those methods' rows only). Each file's ancestral rows must
+    match the first file's to every digit (the same samples), so that every method is measured
+    against the same floor and reference."""
+    merged: dict[int, list[dict]] = {}
+    for source in sources:
+        name, _, only = source.partition("=")
+        path, keep = Path(name), set(only.split(",")) if only else None
+        for particles, rows in json.loads(path.read_text()).get("2d", {}).items():
+            mine = merged.setdefault(int(particles), [])
+            for row in (r for r in rows if isinstance(r["seed"], int)
+                        and (keep is None or r["method"] in keep or r["method"] == "ancestral")):
+                row.pop("steps_to_vsd_final", None)
+                if "fid_curve" in row:
+                    row["fid_curve"] = {int(step): fid for step, fid in row["fid_curve"].items()}
+                twin = next((r for r in mine if (r["method"], r["seed"]) == (row["method"], row["seed"])), None)
+                if twin is None:
+                    mine.append(row)
+                elif row["method"] == "ancestral" and twin != row:
+                    raise SystemExit(f"{path}: the ancestral floor of seed {row['seed']} differs from the first "
+                                     "file's: the runs did not share their samples")
+                elif row["method"] != "ancestral":
+                    raise SystemExit(f"{path}: {row['method']} seed {row['seed']} is in two files")
+    return {particles: summarize_2d(sorted(rows, key=lambda r: r["seed"])) for particles, rows in merged.items()}
 
 
 def seed_summaries(rows: list[dict], measures: list[str]) -> list[dict]:
@@ -278,6 +312,10 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
         print(" | ".join(cells))
 
 
+TABLE_2D = ["method", "seed", "prompt_accuracy", "distinct", "fid", "white", "speckle", "steps_to_vsd_final",
+            "s_per_step"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=["2d", "nerf"], default=["2d", "nerf"])
@@ -295,6 +333,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="2D: one run per seed, then mean and spread; NeRF: the first seed")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/methods-<parts>.json")
+    parser.add_argument("--merge", nargs="+", metavar="JSON[=METHOD,...]",
+                        help="run nothing: print the 2D tables of these results files (those methods' rows) "
+                             "as one, and write --out")
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
@@ -302,7 +343,13 @@ def main() -> None:
     quiet_libraries()
     results: dict = {"args": vars(args)}
     tables = []
-    if "2d" in args.parts:
+    if args.merge:
+        results["2d"] = merge_2d(args.merge)
+        args.parts = ["2d-merged"]
+        for particles, rows in results["2d"].items():
+            tables.append((f"2D mode: {particles} image particles per prompt, merged from {len(args.merge)} files",
+                           rows, TABLE_2D))
+    elif "2d" in args.parts:
         results["2d"] = {}
         for particles in args.particles_2d:
             steps = args.updates_2d * particles
@@ -311,9 +358,8 @@ def main() -> None:
             results["2d"][particles] = rows
             tables.append((f"2D mode: {particles} image particles per prompt, {steps} steps, seeds "
                            f"{args.seeds}; FID pooled over prompts against 40 ancestral samples per prompt", rows,
-                           ["method", "seed", "prompt_accuracy", "distinct", "fid", "white", "speckle",
-                            "steps_to_vsd_final", "s_per_step"]))
-    if "nerf" in args.parts:
+                           TABLE_2D))
+    if "nerf" in args.parts and not args.merge:
         results["nerf"] = {}
         prompt_sets = {"given": args.prompts} if args.prompts else {k: NERF_PROMPTS[k] for k in args.nerf_prompts}
         for name, prompts in prompt_sets.items():

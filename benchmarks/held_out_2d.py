@@ -2,6 +2,7 @@
 
     python benchmarks/held_out_2d.py                          # every run (~45 min on 2 CPU cores)
     python benchmarks/held_out_2d.py --runs sds vsd vsd-exact-score
+    python benchmarks/held_out_2d.py --resume                 # after a stop: the runs not yet in the file
 
 No table of benchmarks/methods.py uses these prompts or this seed ("a red cube", "a blue torus",
 "a green cone"; seed 100): the toy-2d recipe's score-model settings were chosen here (issue 16),
@@ -48,17 +49,17 @@ VSD = METHODS["vsd"]
 RUNS = {
     "sds": ("baseline", METHODS["sds"], None),
     "vsd": ("recipe", VSD, None),
-    "vsd-attention": ("selection", VSD + ["score_model.lora_targets=attention"], None),
-    "vsd-rank8": ("selection", VSD + ["score_model.lora_rank=8", "score_model.lora_alpha=8"], None),
-    "vsd-lr1e-3": ("selection", VSD + ["score_model.lr=0.001"], None),
-    "vsd-lr3e-3": ("selection", VSD + ["score_model.lr=0.003"], None),
     "vsd-frozen-phi": ("diagnosis", VSD + ["score_model.lr=0"], None),
-    "vsd-gamma4": ("diagnosis", VSD + ["score_model.train_steps=4"], None),
     "vsd-exact-score": ("diagnosis", VSD, "exact-score"),
+    "vsd-gamma4": ("diagnosis", VSD + ["score_model.train_steps=4"], None),
     "sds-init0.01": ("diagnosis", METHODS["sds"] + ["scene.image_init_std=0.01"], None),
     "vsd-init0.01": ("diagnosis", VSD + ["scene.image_init_std=0.01"], None),
     "sds-adam-eps0.04": ("diagnosis", METHODS["sds"], "adam-eps0.04"),
     "vsd-adam-eps0.04": ("diagnosis", VSD, "adam-eps0.04"),
+    "vsd-attention": ("selection", VSD + ["score_model.lora_targets=attention"], None),
+    "vsd-rank8": ("selection", VSD + ["score_model.lora_rank=8", "score_model.lora_alpha=8"], None),
+    "vsd-lr1e-3": ("selection", VSD + ["score_model.lr=0.001"], None),
+    "vsd-lr3e-3": ("selection", VSD + ["score_model.lr=0.003"], None),
 }
 
 
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="particle updates per run (the figures: 500)")
     parser.add_argument("--reference", type=int, default=40, help="ancestral reference samples per prompt")
     parser.add_argument("--out", type=Path, default=RESULTS / "held-out-2d.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out (each run is written as it ends) and do the rest")
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
@@ -155,7 +158,15 @@ def main() -> None:
                 "white": white_fraction(pooled), "speckle": speckle(pooled)}
 
     rows = [{"run": "ancestral", "group": "floor", **measure(floor)}]
-    for name in args.runs:
+    if args.resume and args.out.exists():  # the runs a stopped invocation finished, on the same floor
+        kept = json.loads(args.out.read_text())
+        if kept["rows"][0] != json.loads(json.dumps(rows[0])) or (kept["args"]["steps"], kept["args"]["reference"]) \
+                != (args.steps, args.reference):
+            raise SystemExit(f"{args.out}: its floor, steps or reference differ from this invocation's; not resuming")
+        rows = kept["rows"]
+    done = {row["run"] for row in rows}
+    RESULTS.mkdir(exist_ok=True)
+    for name in (n for n in args.runs if n not in done):
         group, overrides, kind = RUNS[name]
         snapshots, seconds, fits = {}, [], []
         for prompt in PROMPTS:
@@ -174,6 +185,7 @@ def main() -> None:
         if fits:
             row.update({k: statistics.mean(f[k] for f in fits) for k in fits[0]})
         rows.append(row)
+        args.out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))  # each run kept
         console.print(json.dumps({k: v for k, v in row.items() if k != "curve"}), highlight=False)
         save_grid({p: snapshots[p][args.steps] for p in PROMPTS}, RESULTS / "held-out-2d" / f"{name}.png")
 
@@ -182,7 +194,6 @@ def main() -> None:
                 "phi removes, per band of t", rows,
                 ["run", "group", "prompt_accuracy", "fid", "white", "speckle"]
                 + [f"closed_t{lo}-{hi}" for lo, hi in BANDS])
-    RESULTS.mkdir(exist_ok=True)
     args.out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
     print(f"wrote {args.out}")
 

@@ -176,8 +176,14 @@ def summarize_2d(rows: list[dict]) -> list[dict]:
     for row in rows:
         if row["seed"] in vsd_final and "fid_curve" in row:
             row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], vsd_final[row["seed"]], higher_is_better=False)
-    return rows + seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step",
-                                        "steps_to_vsd_final"])
+    summaries = seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step",
+                                      "steps_to_vsd_final"])
+    for summary in summaries:  # a mean over the seeds that reached it would hide those that did not
+        reached = [r.get("steps_to_vsd_final") for r in rows if r["method"] == summary["method"] and "fid_curve" in r]
+        if None in reached and any(reached):
+            summary["steps_to_vsd_final"] = f"{len(reached) - reached.count(None)} of {len(reached)} seeds"
+            summary.pop("steps_to_vsd_final_range")
+    return rows + summaries
 
 
 def same_measures(a: dict, b: dict, rtol: float = 1e-3) -> bool:

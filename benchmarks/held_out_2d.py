@@ -181,8 +181,8 @@ def main() -> None:
             seconds += secs
             if getattr(captured[0], "score_model", None) is not None and kind != "exact-score":
                 fits.append(score_model_fit(problem, captured[0], prior))
-        curve = {step: {k: v for k, v in measure({p: snapshots[p][step] for p in PROMPTS}).items()
-                        if k in ("white", "speckle")} for step in snapshots[PROMPTS[0]]}
+        pooled_by_step = {step: torch.cat([snapshots[p][step] for p in PROMPTS]) for step in snapshots[PROMPTS[0]]}
+        curve = {step: {"white": white_fraction(x), "speckle": speckle(x)} for step, x in pooled_by_step.items()}
         final = max(snapshots[PROMPTS[0]])
         row = {"run": name, "group": group, "steps": final, **measure({p: snapshots[p][final] for p in PROMPTS}),
                "s_per_step": statistics.median(seconds), "curve": curve}

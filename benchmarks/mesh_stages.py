@@ -3,12 +3,15 @@ against the true object.
 
     python benchmarks/mesh_stages.py                                  # cube, sphere, cylinder NeRFs
     python benchmarks/mesh_stages.py --prompts "a red cube" --set geometry.steps=100
+    python benchmarks/mesh_stages.py --prompts "a green cylinder" --set seed=1 \
+        --out benchmarks/results/mesh-s1.json
 
-For each prompt: a NeRF stage with the toy recipe (or the run benchmarks/toyworld.py left in
-results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and `texture` with the same recipe.
+For each prompt: a NeRF stage with the toy recipe and the overrides (or, with none, the run
+benchmarks/toyworld.py left in results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and
+`texture` with the same recipe.
 Reports Chamfer distance to the true object (in % of its longest side) of the extracted and the
 refined mesh, the toy scorer's accuracy over 8 views of the textured GLB and its silhouette IoU,
-and seconds in all and per step of each stage. Writes results/mesh_stages.json.
+and seconds in all and per step of each stage. Writes results/mesh_stages.json (or --out).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ RECIPE = str(PACKAGE_RECIPES / "toy.yaml")
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder"]
 
 
-def nerf_run(prompt: str, workdir: Path, console: Console) -> Path:
-    """A NeRF run for `prompt`: the toyworld benchmark's VSD run if there is one, else a new one."""
+def nerf_run(prompt: str, workdir: Path, overrides: list[str], console: Console) -> Path:
+    """A NeRF run for `prompt`: the toyworld benchmark's VSD run if there is one and no overrides
+    are given, else a new one with them (e.g. `seed=1`, to repeat a shape)."""
     from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
@@ -39,10 +43,10 @@ def nerf_run(prompt: str, workdir: Path, console: Console) -> Path:
     out = workdir / slug
     shutil.rmtree(out, ignore_errors=True)
     existing = RESULTS / "toyworld-runs" / "vsd-cfg7.5" / slug
-    if (existing / "nerf" / "manifest.json").exists():
+    if (existing / "nerf" / "manifest.json").exists() and not overrides:
         shutil.copytree(existing, out)
     else:
-        nerf.run(build_recipe(RECIPE), prompt, out, console=console)
+        nerf.run(build_recipe(RECIPE, overrides), prompt, out, console=console)
     return out
 
 
@@ -61,8 +65,10 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra recipe override, for the NeRF stage and the mesh stages")
     parser.add_argument("--runs", type=Path, default=RESULTS / "mesh-runs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "mesh_stages.json")
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
@@ -78,7 +84,7 @@ def main() -> None:
     rows = []
     for prompt in args.prompts:
         shape, _ = parse_prompt(prompt)
-        run = nerf_run(prompt, args.runs, console)
+        run = nerf_run(prompt, args.runs, args.overrides, console)
         base = json.loads((run / "nerf" / "manifest.json").read_text())["config"]
         recipe = build_recipe(RECIPE, args.overrides, base=base)
         truth, size = ground_truth_mesh(shape), object_size(shape)
@@ -109,8 +115,8 @@ def main() -> None:
         print(f"{r['prompt']:<18} | {r['chamfer_extract_pct']:>17.2f} | {r['chamfer_geometry_pct']:>10.2f} | "
               f"{r['texture_prompt_accuracy']:>11.3f} | {r['texture_iou']:>5.3f} | {r['seconds']['extract']:>9.1f} | "
               f"{r['seconds_per_step']['geometry']:>11.3f} | {r['seconds_per_step']['texture']:>10.3f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "mesh_stages.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
     print(f"wrote {out}")
 

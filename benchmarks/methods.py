@@ -5,7 +5,7 @@
     python benchmarks/methods.py --parts nerf --methods sds-cfg100 vsd        # 4 particles, both prompt sets
     python benchmarks/methods.py --parts nerf --methods vsd l2vsd l2vsd-last --prompts "a red cube" \
         --particles-nerf 1 --updates-nerf 100                   # per-step times alone: run it on an idle machine
-    python benchmarks/methods.py --merge A.json B.json=l-vsd,l2vsd  # one 2D table from several invocations
+    python benchmarks/methods.py --merge A.json B.json=l-vsd,l2vsd  # one table from several invocations
 
 Methods: sds, sds-cfg100, vsd, l-vsd, l2vsd (lookahead.eta 0.01), l2vsd-eta1 (eta 1), esd by default;
 on request l2vsd-last (the last LoRA layer only) and vsd-attention, vsd-attention+resnet (VSD with
@@ -21,14 +21,15 @@ Parts:
         and the local speckle (toyworld/measures.py). The floor is a second set of ancestral
         samples, one per particle. Then each measure's mean and [min, max] over the seeds.
         ESD is left out here: with no camera its mixed score is VSD's.
-  nerf  the toy recipe, --particles-nerf NeRFs per prompt, --updates-nerf updates each, the first
-        seed; two prompt sets, each its own table: the multi-object prompts (diversity) and full
+  nerf  the toy recipe, --particles-nerf NeRFs per prompt, --updates-nerf updates each, for each
+        of --seeds; two prompt sets, each its own table: the multi-object prompts (diversity) and full
         captions, one true object each (quality). Every --eval-every steps, per particle: prompt
         accuracy over 8 views, silhouette IoU and depth error against the true object (prompts
         that name a shape), and the (shape, colour) the scorer reads in most views; "distinct" counts a
         prompt's different readings. At the end the FID of 30 views per particle at 30 deg
         elevation, pooled over prompts, against DDIM samples of the prior for the same view
-        prompts (ProlificDreamer's 3D-FID).
+        prompts (ProlificDreamer's 3D-FID), drawn with the run's seed. Then the mean and spread
+        over the seeds, and each prompt's distinct readings averaged over them.
 Every method but sds-cfg100 runs at the recipes' CFG 7.5. Per method: final metrics, seconds per
 step (median over the run; the optimisation step alone), and the steps it took to reach VSD's
 final quality (2D: pooled FID <= VSD's final FID of the same seed; NeRF: mean IoU >= VSD's final
@@ -172,14 +173,31 @@ def part_2d(methods, prompts, steps, particles, eval_every, seeds, console) -> l
 
 def summarize_2d(rows: list[dict]) -> list[dict]:
     """The per-seed rows with each run's steps to VSD's final FID of its seed, then the summaries."""
-    vsd_final = {r["seed"]: r["fid"] for r in rows if r["method"] == "vsd"}
+    return summarize(rows, "fid_curve", "fid", higher_is_better=False,
+                     measures=["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step"])
+
+
+def summarize_nerf(rows: list[dict]) -> list[dict]:
+    """The per-seed rows with each run's steps to VSD's final mean IoU of its seed, then the
+    summaries, with each prompt's distinct readings averaged over the seeds."""
+    rows = summarize(rows, "iou_curve", "silhouette_iou", higher_is_better=True,
+                     measures=["prompt_accuracy", "distinct", "silhouette_iou", "depth_error", "fid", "s_per_step"])
+    for summary in (r for r in rows if not isinstance(r["seed"], int)):
+        mine = [r for r in rows if r["method"] == summary["method"] and isinstance(r["seed"], int)]
+        summary["distinct_per_prompt"] = {
+            prompt: statistics.mean(len({tuple(p["reading"]) for p in r["per_prompt"][prompt]}) for r in mine)
+            for prompt in mine[0]["per_prompt"]}
+    return rows
+
+
+def summarize(rows: list[dict], curve: str, final: str, higher_is_better: bool, measures: list[str]) -> list[dict]:
+    vsd_final = {r["seed"]: r[final] for r in rows if r["method"] == "vsd"}
     for row in rows:
-        if row["seed"] in vsd_final and "fid_curve" in row:
-            row["steps_to_vsd_final"] = steps_to_reach(row["fid_curve"], vsd_final[row["seed"]], higher_is_better=False)
-    summaries = seed_summaries(rows, ["prompt_accuracy", "distinct", "fid", "white", "speckle", "s_per_step",
-                                      "steps_to_vsd_final"])
+        if vsd_final.get(row["seed"]) is not None and curve in row:
+            row["steps_to_vsd_final"] = steps_to_reach(row[curve], vsd_final[row["seed"]], higher_is_better)
+    summaries = seed_summaries(rows, measures + ["steps_to_vsd_final"])
     for summary in summaries:  # a mean over the seeds that reached it would hide those that did not
-        reached = [r.get("steps_to_vsd_final") for r in rows if r["method"] == summary["method"] and "fid_curve" in r]
+        reached = [r.get("steps_to_vsd_final") for r in rows if r["method"] == summary["method"] and curve in r]
         if None in reached and any(reached):
             summary["steps_to_vsd_final"] = f"{len(reached) - reached.count(None)} of {len(reached)} seeds"
             summary.pop("steps_to_vsd_final_range")
@@ -193,31 +211,41 @@ def same_measures(a: dict, b: dict, rtol: float = 1e-3) -> bool:
         math.isclose(a[k], b[k], rel_tol=rtol) if isinstance(a[k], float) else a[k] == b[k] for k in a)
 
 
-def merge_2d(sources: list[str]) -> dict[int, list[dict]]:
-    """The 2D per-seed rows of several results files, by particle count, as one table. A source
-    is FILE or FILE=METHOD,METHOD (those methods' rows only). Each file's ancestral rows must
-    match the first file's (the same samples, to 1e-3), so that every method is measured against
-    the same floor and reference."""
-    merged: dict[int, list[dict]] = {}
+def merge(sources: list[str]) -> dict[str, dict]:
+    """The per-seed rows of several results files as one table per part and key (2D: particle
+    count; NeRF: prompt set). A source is FILE or FILE=METHOD,METHOD (those methods' rows only).
+    Each file's 2D ancestral rows must match the first file's (the same samples, to 1e-3), so
+    that every method is measured against the same floor and reference. A NeRF row without a
+    seed is from a file that ran its first --seeds alone."""
+    merged: dict[str, dict] = {"2d": {}, "nerf": {}}
     for source in sources:
         name, _, only = source.partition("=")
-        path, keep = Path(name), set(only.split(",")) if only else None
-        for particles, rows in json.loads(path.read_text()).get("2d", {}).items():
-            mine = merged.setdefault(int(particles), [])
-            for row in (r for r in rows if isinstance(r["seed"], int)
-                        and (keep is None or r["method"] in keep or r["method"] == "ancestral")):
-                row.pop("steps_to_vsd_final", None)
-                if "fid_curve" in row:
-                    row["fid_curve"] = {int(step): fid for step, fid in row["fid_curve"].items()}
-                twin = next((r for r in mine if (r["method"], r["seed"]) == (row["method"], row["seed"])), None)
-                if twin is None:
-                    mine.append(row)
-                elif row["method"] == "ancestral" and not same_measures(twin, row):
-                    raise SystemExit(f"{path}: the ancestral floor of seed {row['seed']} differs from the first "
-                                     "file's: the runs did not share their samples")
-                elif row["method"] != "ancestral":
-                    raise SystemExit(f"{path}: {row['method']} seed {row['seed']} is in two files")
-    return {particles: summarize_2d(sorted(rows, key=lambda r: r["seed"])) for particles, rows in merged.items()}
+        path, keep = Path(name), set(only.split(",")) | {"ancestral"} if only else None
+        data = json.loads(path.read_text())
+        for part, tables in merged.items():
+            for key, rows in data.get(part, {}).items():
+                mine = tables.setdefault(int(key) if part == "2d" else key, [])
+                for row in rows:
+                    row.setdefault("seed", data["args"]["seeds"][0])
+                    if not isinstance(row["seed"], int) or (keep is not None and row["method"] not in keep):
+                        continue  # a summary row, or a method not asked for
+                    row.pop("steps_to_vsd_final", None)
+                    for curve in ("fid_curve", "iou_curve"):
+                        if curve in row:
+                            row[curve] = {int(step): value for step, value in row[curve].items()}
+                    twin = next((r for r in mine if (r["method"], r["seed"]) == (row["method"], row["seed"])), None)
+                    if twin is None:
+                        mine.append(row)
+                    elif row["method"] == "ancestral" and not same_measures(twin, row):
+                        raise SystemExit(f"{path}: the ancestral floor of seed {row['seed']} differs from the "
+                                         "first file's: the runs did not share their samples")
+                    elif row["method"] != "ancestral":
+                        raise SystemExit(f"{path}: {part} {key} {row['method']} seed {row['seed']} is in two files")
+    def by_seed(rows):
+        return sorted(rows, key=lambda r: r["seed"])
+
+    return {"2d": {k: summarize_2d(by_seed(rows)) for k, rows in merged["2d"].items()},
+            "nerf": {k: summarize_nerf(by_seed(rows)) for k, rows in merged["nerf"].items()}}
 
 
 def seed_summaries(rows: list[dict], measures: list[str]) -> list[dict]:
@@ -247,9 +275,10 @@ def save_grid(images_by_prompt: dict, path: Path) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def part_nerf(methods, prompts, updates, particles, eval_every, seed, console) -> list[dict]:
-    """One row per method: `particles` NeRFs per prompt, each `updates` updates (a random particle
-    moves each step, so a run takes about updates x particles steps)."""
+def part_nerf(methods, prompts, updates, particles, eval_every, seeds, console) -> list[dict]:
+    """One row per (method, seed): `particles` NeRFs per prompt, each `updates` updates (a random
+    particle moves each step, so a run takes about updates x particles steps); then one per
+    method with the mean and spread over seeds."""
     from prolificli.cameras import orbit_cameras, view_prompts
     from prolificli.methods import build_recipe
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance, prior_samples
@@ -263,50 +292,51 @@ def part_nerf(methods, prompts, updates, particles, eval_every, seed, console) -
     cam = base.camera
     fid_cameras = orbit_cameras(30, 30.0, cam.eval_distance, cam.eval_fovy_deg)
     prior = load_prior(base.prior)
-    with console.status("DDIM samples of the prior for the FID views"):
-        samples = torch.cat([prior_samples(prior, base.prior.model, view_prompts(p, fid_cameras, cam), seed=seed)
-                             for p in prompts])
-    reference_features = inception(samples)
     mean = statistics.mean
 
     def mean_of(values):
         values = [v for v in values if v is not None]
         return mean(values) if values else None
 
-    rows, iou_curves, steps = [], {}, updates * particles
-    for method in methods:
-        reports, seconds, fid_views = {}, [], []
-        for prompt in prompts:
-            recipe = build_recipe(RECIPES["nerf"], METHODS[method] + [
-                f"nerf.steps={steps}", f"nerf.particles={particles}", f"seed={seed}"])
+    rows, steps = [], updates * particles
+    for seed in seeds:
+        with console.status(f"DDIM samples of the prior for the FID views (seed {seed})"):
+            samples = torch.cat([prior_samples(prior, base.prior.model, view_prompts(p, fid_cameras, cam), seed=seed)
+                                 for p in prompts])
+        reference_features = inception(samples)
+        for method in methods:
+            reports, seconds, fid_views = {}, [], []
+            for prompt in prompts:
+                recipe = build_recipe(RECIPES["nerf"], METHODS[method] + [
+                    f"nerf.steps={steps}", f"nerf.particles={particles}", f"seed={seed}"])
 
-            def snapshot(problem, recipe=recipe, prompt=prompt):
-                return [evaluate_particle(field, background, recipe, prompt, scorer)
-                        for field, background in zip(problem.fields, problem.backgrounds)]
+                def snapshot(problem, recipe=recipe, prompt=prompt):
+                    return [evaluate_particle(field, background, recipe, prompt, scorer)
+                            for field, background in zip(problem.fields, problem.backgrounds)]
 
-            snaps, secs, problem = train(recipe, prompt, eval_every, snapshot, console)
-            reports[prompt], seconds = snaps, seconds + secs
-            with torch.no_grad():
-                for field, background in zip(problem.fields, problem.backgrounds):
-                    out = render(field, background, fid_cameras, prior.image_size, prior.image_size,
-                                 recipe.nerf.render, stratified=False)
-                    fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
-        curve = {step: mean_of(r.silhouette_iou for p in prompts for r in reports[p][step]) for step in reports[prompts[0]]}
-        final = {p: reports[p][steps] for p in prompts}
-        row = {"method": method, "prompt_accuracy": mean(r.prompt_accuracy for rs in final.values() for r in rs),
-               "distinct": mean(len({r.reading for r in rs}) for rs in final.values()),
-               "silhouette_iou": curve[steps], "depth_error": mean_of(r.depth_error for rs in final.values() for r in rs),
-               "fid": frechet_distance(inception(torch.cat(fid_views)), reference_features),
-               "iou_curve": curve, "per_prompt": {p: [{"accuracy": r.prompt_accuracy, "iou": r.silhouette_iou,
-                                                       "reading": r.reading} for r in rs] for p, rs in final.items()},
-               "s_per_step": statistics.median(seconds)}
-        iou_curves[method] = curve
-        rows.append(row)
-        console.print(json.dumps({k: v for k, v in row.items() if k != "iou_curve"}), highlight=False)
-    if "vsd" in iou_curves and iou_curves["vsd"][steps] is not None:
-        for row in rows:
-            row["steps_to_vsd_final"] = steps_to_reach(row["iou_curve"], iou_curves["vsd"][steps], higher_is_better=True)
-    return rows
+                snaps, secs, problem = train(recipe, prompt, eval_every, snapshot, console)
+                reports[prompt], seconds = snaps, seconds + secs
+                with torch.no_grad():
+                    for field, background in zip(problem.fields, problem.backgrounds):
+                        out = render(field, background, fid_cameras, prior.image_size, prior.image_size,
+                                     recipe.nerf.render, stratified=False)
+                        fid_views.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu())
+            curve = {step: mean_of(r.silhouette_iou for p in prompts for r in reports[p][step])
+                     for step in reports[prompts[0]]}
+            final = {p: reports[p][steps] for p in prompts}
+            row = {"method": method, "seed": seed,
+                   "prompt_accuracy": mean(r.prompt_accuracy for rs in final.values() for r in rs),
+                   "distinct": mean(len({r.reading for r in rs}) for rs in final.values()),
+                   "silhouette_iou": curve[steps],
+                   "depth_error": mean_of(r.depth_error for rs in final.values() for r in rs),
+                   "fid": frechet_distance(inception(torch.cat(fid_views)), reference_features),
+                   "iou_curve": curve, "per_prompt": {p: [{"accuracy": r.prompt_accuracy, "iou": r.silhouette_iou,
+                                                           "reading": r.reading} for r in rs]
+                                                      for p, rs in final.items()},
+                   "s_per_step": statistics.median(seconds)}
+            rows.append(row)
+            console.print(json.dumps({k: v for k, v in row.items() if k != "iou_curve"}), highlight=False)
+    return summarize_nerf(rows)
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -327,6 +357,8 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 TABLE_2D = ["method", "seed", "prompt_accuracy", "distinct", "fid", "white", "speckle", "steps_to_vsd_final",
             "s_per_step"]
+TABLE_NERF = ["method", "seed", "prompt_accuracy", "distinct", "silhouette_iou", "depth_error", "fid",
+              "steps_to_vsd_final", "s_per_step"]
 
 
 def main() -> None:
@@ -344,11 +376,11 @@ def main() -> None:
                         help="NeRF: which prompt sets, each its own table (--prompts replaces them)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="2D: one run per seed, then mean and spread; NeRF: the first seed")
+                        help="one run per seed, then mean and spread")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/methods-<parts>.json")
     parser.add_argument("--merge", nargs="+", metavar="JSON[=METHOD,...]",
-                        help="run nothing: print the 2D tables of these results files (those methods' rows) "
-                             "as one, and write --out")
+                        help="run nothing: print the tables of these results files (those methods' rows) "
+                             "as one per part and particle count or prompt set, and write --out")
     args = parser.parse_args()
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries
@@ -357,11 +389,13 @@ def main() -> None:
     results: dict = {"args": vars(args)}
     tables = []
     if args.merge:
-        results["2d"] = merge_2d(args.merge)
-        args.parts = ["2d-merged"]
+        results.update(merge(args.merge))
+        args.parts = ["merged"]
         for particles, rows in results["2d"].items():
             tables.append((f"2D mode: {particles} image particles per prompt, merged from {len(args.merge)} files",
                            rows, TABLE_2D))
+        for name, rows in results["nerf"].items():
+            tables.append((f"NeRF stage, {name} prompts, merged from {len(args.merge)} files", rows, TABLE_NERF))
     elif "2d" in args.parts:
         results["2d"] = {}
         for particles in args.particles_2d:
@@ -377,12 +411,10 @@ def main() -> None:
         prompt_sets = {"given": args.prompts} if args.prompts else {k: NERF_PROMPTS[k] for k in args.nerf_prompts}
         for name, prompts in prompt_sets.items():
             rows = part_nerf(args.methods, prompts, args.updates_nerf, args.particles_nerf, args.eval_every,
-                             args.seeds[0], console)
+                             args.seeds, console)
             results["nerf"][name] = rows
             tables.append((f"NeRF stage, {name} prompts {prompts}: the toy recipe, {args.particles_nerf} particles "
-                           f"per prompt, {args.updates_nerf} updates each, seed {args.seeds[0]}", rows,
-                           ["method", "prompt_accuracy", "distinct", "silhouette_iou", "depth_error", "fid",
-                            "steps_to_vsd_final", "s_per_step"]))
+                           f"per prompt, {args.updates_nerf} updates each, seeds {args.seeds}", rows, TABLE_NERF))
     for title, rows, columns in tables:
         print_table(title, rows, columns)
         step_times = {r["method"]: r["s_per_step"] for r in rows if "s_per_step" in r}

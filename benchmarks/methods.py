@@ -191,6 +191,8 @@ def summarize_nerf(rows: list[dict]) -> list[dict]:
 
 
 def summarize(rows: list[dict], curve: str, final: str, higher_is_better: bool, measures: list[str]) -> list[dict]:
+    """Each run's steps until its `curve` reached VSD's `final` of the same seed, then per method
+    the mean and spread of `measures` over the seeds."""
     vsd_final = {r["seed"]: r[final] for r in rows if r["method"] == "vsd"}
     for row in rows:
         if vsd_final.get(row["seed"]) is not None and curve in row:
@@ -241,6 +243,7 @@ def merge(sources: list[str]) -> dict[str, dict]:
                                          "first file's: the runs did not share their samples")
                     elif row["method"] != "ancestral":
                         raise SystemExit(f"{path}: {part} {key} {row['method']} seed {row['seed']} is in two files")
+
     def by_seed(rows):
         return sorted(rows, key=lambda r: r["seed"])
 

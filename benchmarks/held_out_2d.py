@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from methods import METHODS, RECIPES, RESULTS, print_table, save_grid, train
+from method_tables import print_table
+from methods import METHODS, RECIPES, RESULTS, save_grid, train
 
 PROMPTS = ["a red cube", "a blue torus", "a green cone"]
 SEED, STEPS, PARTICLES = 100, 500, 4

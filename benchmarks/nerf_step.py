@@ -15,6 +15,7 @@ FLOPs / --peak-tflops.
     python benchmarks/nerf_step.py                                  # CPU, tiny random prior, 64/128/256
     python benchmarks/nerf_step.py --resolutions 128 256 512        # the CPU memory check
     python benchmarks/nerf_step.py --device cuda --model sd21-random --resolutions 64 512 --flops
+    python benchmarks/nerf_step.py --model sd21-random --resolutions 512 --steps 1 --warmup 0 --dtype bfloat16
 
 `--model tiny` builds the tiny random-weight model; `sd21-random` builds a UNet and VAE with
 Stable Diffusion 2.1-base's architecture and random weights (fp16 on CUDA), so timings match the
@@ -40,22 +41,23 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build_prior(model: str, device: str):
+def build_prior(model: str, device: str, dtype_name: str = "auto"):
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from prolificli.config import PriorConfig
     from prolificli.prior import DiffusionPrior, load_prior
+    from prolificli.prior.loading import resolve_dtype
     from prolificli.prior.tiny import build_tiny_model, write_tokenizer_files
 
     if model == "tiny":
         folder = Path(tempfile.mkdtemp()) / "tiny"
         build_tiny_model(folder)
-        return load_prior(PriorConfig(model=str(folder), device=device))
+        return load_prior(PriorConfig(model=str(folder), device=device, dtype=dtype_name))
     if model != "sd21-random":
-        return load_prior(PriorConfig(model=model, device=device))
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        return load_prior(PriorConfig(model=model, device=device, dtype=dtype_name))
+    dtype = resolve_dtype(dtype_name, torch.device(device))  # auto: fp16 on CUDA, fp32 on CPU
     unet = UNet2DConditionModel(  # stabilityai/stable-diffusion-2-1-base unet/config.json
         sample_size=64, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
         use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
@@ -116,7 +118,7 @@ def time_score_model_update(distiller, timer: PartTimer) -> None:
     distiller.score_model_gradient, distiller.optimizer.step = timed(gradient), timed(step)
 
 
-def measure_one(model: str, device: str, resolution: int, method: str, steps: int, warmup: int,
+def measure_one(model: str, device: str, dtype: str, resolution: int, method: str, steps: int, warmup: int,
                 overrides: list[str], flops: bool) -> dict:
     import torch
 
@@ -130,7 +132,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
                                  "nerf.resolution_milestones=[]", f"prior.device={device}", *overrides])
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    prior = build_prior(model, device)
+    prior = build_prior(model, device, dtype)
     tensor_generator = device_generator(generator, prior.device)
     particles = NeRFParticles(recipe, prior, "an elephant skull", generator, tensor_generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
@@ -167,7 +169,7 @@ def measure_one(model: str, device: str, resolution: int, method: str, steps: in
         memory_kind = "max RSS"
     order = sorted(range(steps), key=lambda k: times[k])
     median = order[len(order) // 2]
-    row = {"model": model, "device": device, "method": method, "resolution": resolution, "steps_timed": steps,
+    row = {"model": model, "device": device, "dtype": str(prior.dtype).removeprefix("torch."), "method": method, "resolution": resolution, "steps_timed": steps,
            "deferred": use_deferred(recipe.nerf.render, recipe.nerf.batch_size * resolution**2),
            "seconds_per_step_median": times[median], "seconds_per_step_min": times[order[0]],
            "part_seconds": {name: parts[median].get(name, 0.0) for name in PARTS},
@@ -225,6 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny | sd21-random | a diffusers dir or hub id")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="the prior's (auto: fp16 on CUDA, fp32 on CPU); the LoRA, camera MLP and renderer stay fp32")
     parser.add_argument("--method", default="vsd", choices=["vsd", "sds", "l2vsd", "l-vsd", "esd"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per resolution")
@@ -239,7 +243,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.one is not None:
-        print(json.dumps(measure_one(args.model, args.device, args.one, args.method, args.steps, args.warmup,
+        print(json.dumps(measure_one(args.model, args.device, args.dtype, args.one, args.method, args.steps, args.warmup,
                                      args.overrides, args.flops)))
         return
 
@@ -247,6 +251,7 @@ def main() -> None:
     rows = []
     for resolution in args.resolutions:
         cmd = [sys.executable, __file__, "--one", str(resolution), "--model", args.model, "--device", args.device,
+               "--dtype", args.dtype,
                "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup),
                *(["--flops"] if args.flops else []), *(f"--set={o}" for o in args.overrides)]
         rc, stdout, stderr, peak_gib = run_child(cmd, args.max_rss_gib)
@@ -262,7 +267,7 @@ def main() -> None:
                        step_over_floor=row["seconds_per_step_median"] / floor)
         rows.append(row)
 
-    print(f"\nNeRF-stage {args.method.upper()} step, model={args.model}, device={args.device}, "
+    print(f"\nNeRF-stage {args.method.upper()} step, model={args.model}, device={args.device}, dtype={args.dtype}, "
           f"{platform.processor() or platform.machine()}" + (f", overrides {args.overrides}" if args.overrides else ""))
     print(f"{'res':>5} | {'deferred':>8} | {'s/step':>7} | " + " | ".join(f"{p:>8}" for p in PARTS)
           + f" | {'samples/ray':>11} | {'peak MiB':>9} | {'TFLOP':>6} | {'x floor':>7}")

@@ -395,3 +395,23 @@ def test_crash_before_old_is_deleted(tmp_path):
     _small_checkpoint(directory, 2)
     assert load_checkpoint(directory).step == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_no_partial_one(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    directory = tmp_path / "checkpoint"
+    weights = {"w": torch.zeros(256, 1024)}  # 1 MiB of float32
+    artifacts.save_checkpoint(directory, 1, {"w": torch.ones(4)}, {})
+
+    def no_space(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(artifacts.torch, "save", no_space)
+    with pytest.raises(artifacts.CheckpointWriteError) as info:
+        artifacts.save_checkpoint(directory, 2, weights, {"opt": {"state": {0: {"m": torch.zeros(256, 1024)}}}})
+    message = str(info.value)
+    assert "\n" not in message and "step 2 (2.0 MiB)" in message and "No space left on device" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert artifacts.load_checkpoint(directory).step == 1

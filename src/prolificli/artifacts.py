@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prolificli import __version__
@@ -40,6 +41,11 @@ WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "weights.safetensors", "optimizer.pt"
 
 class ArtifactError(Exception):
     """A run directory, stage or checkpoint that cannot be used; the message is shown to the user as is."""
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (a full disk, say); nothing of it is left, and the one
+    before it is untouched. The message is one line, shown to the user as is."""
 
 
 def slugify(prompt: str, max_len: int = 60) -> str:
@@ -318,16 +324,26 @@ def save_checkpoint(directory: Path | str, step: int, tensors: dict[str, torch.T
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a save that was cut off
         shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"step": str(step)})
-    torch.save(optimizer_states, tmp / OPTIMIZER_FILE)
-    files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
-    # state.json is written last and lists the hashes: a checkpoint is only as valid as its state file
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, "extra": extra or {}, "files": files}, indent=2))
-    for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
-        with open(tmp / name, "rb+") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"step": str(step)})
+        torch.save(optimizer_states, tmp / OPTIMIZER_FILE)
+        files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
+        # state.json is written last and lists the hashes: a checkpoint is only as valid as its state file
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "extra": extra or {}, "files": files}, indent=2))
+        for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back for the manifest
+        # safetensors reports a write error as SafetensorError, torch.save as RuntimeError
+        if isinstance(exc, (OSError, SafetensorError, RuntimeError)):
+            size = (_nbytes(weights) + _nbytes(optimizer_states)) / 2**20
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointWriteError(f"cannot write the checkpoint of step {step} ({size:.1f} MiB) in "
+                                       f"{_display(directory.parent)}: {reason}") from None
+        raise
     fsync_dir(tmp)
     if directory.exists():
         if old.exists():  # left by a crash after the new one was already in place
@@ -337,6 +353,17 @@ def save_checkpoint(directory: Path | str, step: int, tensors: dict[str, torch.T
     fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint part."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 def find_checkpoint(directory: Path | str) -> Path | None:

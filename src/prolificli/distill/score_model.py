@@ -74,7 +74,7 @@ def _load_separate_unet(prior, name: str) -> nn.Module:
     from diffusers import UNet2DConditionModel
 
     from prolificli.prior import PriorLoadError
-    from prolificli.prior.diffusion import load_local_or_hub
+    from prolificli.prior.loading import load_local_or_hub
 
     def load(source: str, local_files_only: bool) -> nn.Module:
         with warnings.catch_warnings():

@@ -39,7 +39,8 @@ class HubClip:
     def __init__(self, source: str, device: str | torch.device = "cpu"):
         from transformers import CLIPModel, CLIPTokenizer
 
-        from ..prior.diffusion import PriorLoadError, load_local_or_hub
+        from ..prior import PriorLoadError
+        from ..prior.loading import load_local_or_hub
 
         def load(where: str, local_files_only: bool):
             return (CLIPModel.from_pretrained(where, local_files_only=local_files_only).eval(),

@@ -13,28 +13,30 @@ run with math attention (`torch.nn.attention.sdpa_kernel(SDPBackend.MATH)` or `A
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prolificli.config import PriorConfig
 from prolificli.prior.shared_unet import SharedUNet
 
-REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
-HUB_PROBE_TIMEOUT_S = 2.0  # one HEAD request: an online hub answers well within it
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-T = TypeVar("T")
 
 
 class PriorLoadError(Exception):
     """The model cannot be loaded; the message is one line, shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights a prior holds: what was asked for, and what it resolved to. Every stage's
+    manifest records it (details.prior), so a run says which weights made it."""
+
+    model: str  # as given: a hub id, a local directory, or "toy"
+    revision: str | None = None  # asked for (hub ids only): a branch, tag or commit; None: the default branch
+    commit: str | None = None  # the hub commit every file came from; None for a local directory
+    path: str | None = None  # the local directory, resolved; None for a hub id
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +57,9 @@ class DiffusionPrior:
         *,
         device: torch.device,
         dtype: torch.dtype,
+        source: ModelSource | None = None,
     ) -> None:
+        self.source = source or ModelSource(model="(built in memory)")
         self.unet = unet
         # the prior and VSD's score model share this UNet; each asks the owner for its network
         self.shared_unet = SharedUNet(unet)
@@ -206,173 +210,3 @@ def _square_size(sample_size: int | list[int] | tuple[int, ...]) -> int:
     if height != width:
         raise PriorLoadError(f"only square models are supported, this UNet's sample_size is {list(sample_size)}")
     return int(height)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PriorLoadError(f"device '{name}' was asked for but CUDA is not available; use --set prior.device=cpu")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
-
-
-def load_prior(cfg: PriorConfig) -> DiffusionPrior:
-    """Load the frozen prior from a local diffusers directory or a Hugging Face hub id."""
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    source = resolve_model_alias(cfg.model)
-    components = load_local_or_hub(
-        source, f"cannot load model '{cfg.model}'", "--model",
-        lambda source, local_files_only: _load_components(source, cfg.model, dtype, local_files_only=local_files_only))
-    unet, vae, text_encoder, tokenizer, scheduler = components
-    for module in (unet, vae, text_encoder):
-        if module is not None:
-            module.to(device).eval().requires_grad_(False)
-    return DiffusionPrior(unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=dtype)
-
-
-TOY_PRIOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-prior"
-
-
-def resolve_model_alias(name: str) -> str:
-    """`toy` is the toy world's prior shipped inside the package; any other name is itself."""
-    if name != "toy":
-        return name
-    if not (TOY_PRIOR_DIR / "model_index.json").is_file():
-        raise PriorLoadError(f"the toy prior is not in this installation ({TOY_PRIOR_DIR}); "
-                             "build it with: python -m prolificli.toyworld.train_prior")
-    return str(TOY_PRIOR_DIR)
-
-
-TINY_HINT = "to try the tool offline: python -m prolificli.prior.tiny DIR"
-
-
-def load_local_or_hub(source: str, what: str, option: str, load: Callable[[str, bool], T], *,
-                      offline_hint: str = TINY_HINT) -> T:
-    """`load(source, local_files_only)` for a local directory or a Hugging Face hub id.
-
-    A hub id is first looked up in the local cache only; the network is tried only when
-    HF_HUB_OFFLINE is not set and a single short request shows the hub is reachable, so an
-    offline machine fails in well under a second instead of after ~25 s of retries. Every
-    failure is a one-line PriorLoadError starting with `what`; `option` is the flag that takes
-    a local copy instead.
-    """
-    from huggingface_hub.errors import HFValidationError
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        try:
-            return load(str(path), True)
-        except (OSError, ValueError) as exc:
-            raise PriorLoadError(f"{what}: {_first_line(exc)}") from None
-    if path.exists():
-        raise PriorLoadError(f"{what}: it is a file, not a diffusers model directory")
-    if _looks_like_path(source):
-        raise PriorLoadError(f"{what}: no such directory")
-    try:
-        return load(source, True)
-    except HFValidationError:
-        raise PriorLoadError(f"{what}: no such directory, and not a valid hub id") from None
-    except (OSError, ValueError):
-        pass  # not (completely) in the cache
-    advice = (f"Download it on a connected machine (hf download {source} --local-dir DIR) and pass {option} DIR "
-              f"({offline_hint}).")
-    why = "HF_HUB_OFFLINE is set" if _hub_offline() else None if _hub_reachable() else "the hub is unreachable"
-    if why is not None:
-        raise PriorLoadError(f"{what}: not a local directory and not in the Hugging Face cache, and {why}. {advice}")
-    try:
-        return load(source, False)
-    except (OSError, ValueError) as exc:  # the hub answered, but not with this model (or a proxy did)
-        raise PriorLoadError(f"{what} from the Hugging Face hub: {_first_line(exc).rstrip('.')}. {advice}") from None
-
-
-def _looks_like_path(source: str) -> bool:
-    """A hub id is 'name' or 'owner/name'; anything else the user typed is meant as a path."""
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
-
-
-def _hub_offline() -> bool:
-    """Read now, not at import: huggingface_hub's own constant is fixed when it is imported."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_reachable() -> bool:
-    """One request with a short timeout and no retries (huggingface_hub retries connection
-    errors with backoff for ~25 s, which is what an offline user would otherwise wait for)."""
-    from huggingface_hub import constants, get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
-    except Exception:  # any transport failure (DNS, refused, timeout, proxy) means unreachable
-        return False
-    return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _model_index(source: str, local_files_only: bool) -> dict | None:
-    """model_index.json as a dict; None for a local directory without one."""
-    if Path(source).is_dir():
-        index = Path(source) / "model_index.json"
-        return json.loads(index.read_text()) if index.is_file() else None
-    from huggingface_hub import hf_hub_download
-
-    return json.loads(Path(hf_hub_download(source, "model_index.json", local_files_only=local_files_only)).read_text())
-
-
-def _has_component(source: str, index: dict | None, name: str) -> bool:
-    if Path(source).is_dir():
-        return (Path(source) / name).is_dir()
-    entry = (index or {}).get(name)
-    return isinstance(entry, list) and entry[:1] != [None]
-
-
-def _load_components(source: str, display_name: str, dtype: torch.dtype, *, local_files_only: bool) -> tuple:
-    """(unet, vae or None, text_encoder, tokenizer, DDPMScheduler), each from its subfolder.
-
-    Raises OSError/ValueError for what is not in the cache or on the hub (the caller decides
-    whether to go online), PriorLoadError for a directory that lacks a component."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    index = _model_index(source, local_files_only)
-    missing = [name for name in REQUIRED_COMPONENTS if not _has_component(source, index, name)]
-    if missing:
-        folders = ", ".join(f"{name}/" for name in missing)
-        raise PriorLoadError(
-            f"cannot load model '{display_name}': it has no {folders} "
-            f"(a diffusers text-to-image model needs unet/, text_encoder/, tokenizer/, scheduler/, and vae/ if latent)"
-        )
-
-    options = {"local_files_only": local_files_only}
-    # diffusers models get their dtype at load time: casting them afterwards logs a warning
-    with warnings.catch_warnings():
-        # diffusers passes a deprecated argument to huggingface_hub on every hub load
-        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options)
-        vae = None
-        if _has_component(source, index, "vae"):
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **options).to(dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options)
-        # any scheduler config works (SD ships PNDM's): only its beta schedule and
-        # prediction_type are used, through DDPMScheduler's alphas_cumprod
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options)
-    return unet, vae, text_encoder, tokenizer, scheduler

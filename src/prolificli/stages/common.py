@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import (ArtifactError, Checkpoint, Keys, RunDir, StageDir, find_checkpoint, load_checkpoint,
-                         prefixed, save_checkpoint)
+from ..artifacts import (ArtifactError, Checkpoint, CheckpointWriteError, Keys, RunDir, StageDir, find_checkpoint,
+                         load_checkpoint, prefixed, save_checkpoint)
 from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
@@ -190,18 +190,24 @@ class Session:
     world: World = World()  # the processes this run is spread over (a world of one by default)
 
 
-def start_session(recipe: Recipe, console: Console, world: World = World(), prior=None) -> Session:
+def start_session(recipe: Recipe, console: Console, world: World = World(), prior=None,
+                  resumed: dict | None = None) -> Session:
     """Seeds, generators and the prior (`prior`: one already loaded for recipe.prior, which a
     batch reuses). Parameters start from the run's seed on every rank (so every rank builds the
-    same particles and score model); each rank draws from its own generator."""
+    same particles and score model); each rank draws from its own generator. A resumed stage
+    (`resumed`: its manifest) loads the hub commit it started with, even if the branch moved."""
     from ..prior import load_prior
 
     torch.manual_seed(recipe.seed)  # parameter initialisation
     generator = torch.Generator().manual_seed(rank_seed(recipe.seed, world.rank))
     if prior is None:
+        prior_cfg = dataclasses.replace(recipe.prior, device=world.device(recipe.prior.device))
+        started_at = ((resumed or {}).get("details") or {}).get("prior", {}).get("commit")
+        if started_at:
+            prior_cfg = dataclasses.replace(prior_cfg, revision=started_at)
         if world.is_main:
-            console.print(f"[dim]loading prior {recipe.prior.model}[/]")
-        prior = load_prior(dataclasses.replace(recipe.prior, device=world.device(recipe.prior.device)))
+            console.print(f"[dim]loading prior {recipe.prior.model}" + (f" at {started_at}" if started_at else "") + "[/]")
+        prior = load_prior(prior_cfg)
     return Session(prior, generator, device_generator(generator, prior.device), world)
 
 
@@ -272,7 +278,8 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
     if world.active:
         details = {"processes": world.size, **details}
     trained = sum(t.numel() for t in distiller.state_dict().tensors.values())  # VSD's LoRA + camera MLP; SDS: 0
-    details = {"distiller_parameters": trained, **details}
+    # which weights made this run: the model and revision asked for, the commit they resolved to
+    details = {"distiller_parameters": trained, "prior": dataclasses.asdict(session.prior.source), **details}
     tensorboard = TensorBoardLog(stage.path, start) if main and opened.recipe.log.tensorboard else None
     if main:
         stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start, details=details)
@@ -339,7 +346,14 @@ def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem,
         raise
     except BaseException as exc:
         if main:
-            stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
+            try:
+                stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
+            except OSError:  # a full disk may refuse the manifest too; the last checkpoint stands
+                pass
+        if isinstance(exc, CheckpointWriteError):
+            kept = f"the checkpoint of step {last_checkpoint[0]} is kept" if last_checkpoint[0] else \
+                "there is no earlier checkpoint"
+            raise CheckpointWriteError(f"{exc}; {kept}") from None
         raise
     finally:
         if tensorboard is not None:

@@ -131,7 +131,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         dmtet = open_mesh(run, "extract").dmtet
         albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
 
-        session = start_session(recipe, console, prior=prior)
+        session = start_session(recipe, console, prior=prior, resumed=opened.resumed)
         prior = session.prior
         prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)
         problem = GeometryProblem(recipe, dmtet.to(prior.device), albedo_field.to(prior.device), prompter,

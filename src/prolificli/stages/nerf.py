@@ -182,7 +182,7 @@ def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = Fal
     with opened:
         world.barrier()  # every rank has read the stage before rank 0 starts writing it
         recipe, prompt = opened.recipe, run.info["prompt"]
-        session = start_session(recipe, console, world, prior)
+        session = start_session(recipe, console, world, prior, resumed=opened.resumed)
         particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator, world)
         finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
         distiller = build_distiller(recipe.guidance, recipe, session.prior, world=world)

@@ -108,7 +108,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bo
         mesh, source, inputs, centre, scale = source_mesh(run, mesh_path)
 
         console.print(f"[dim]texturing the {source} mesh ({len(mesh.faces)} faces)[/]")
-        session = start_session(recipe, console, prior=prior)
+        session = start_session(recipe, console, prior=prior, resumed=opened.resumed)
         prior = session.prior
         mesh = Mesh(mesh.vertices.to(prior.device), mesh.faces.to(prior.device))
         prompter = Prompter(prior, run.info["prompt"], recipe.camera, recipe.prior.negative_prompt)

@@ -90,3 +90,26 @@ def test_download_then_cache_then_pinned_revision(hub: LocalHub, tmp_path: Path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error:") and "no-such-tag" in lines[-1], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_resumed_stage_loads_the_commit_it_started_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming a stage whose manifest recorded a hub commit asks for that commit, not the branch
+    head (which may have moved since); a stage without one loads the recipe's revision."""
+    import types
+
+    import torch
+    from rich.console import Console
+
+    import prolificli.prior
+    from prolificli.config import Recipe
+    from prolificli.stages.common import start_session
+
+    asked = []
+    monkeypatch.setattr(prolificli.prior, "load_prior",
+                        lambda cfg: asked.append(cfg) or types.SimpleNamespace(device=torch.device("cpu")))
+    recipe = Recipe()
+    start_session(recipe, Console(quiet=True), resumed={"details": {"prior": {"commit": "c0ffee" * 6 + "c0ff"}}})
+    start_session(recipe, Console(quiet=True), resumed={"details": {"prior": {"commit": None, "path": "/m"}}})
+    start_session(recipe, Console(quiet=True))
+    assert [cfg.revision for cfg in asked] == ["c0ffee" * 6 + "c0ff", None, None]
+    assert all(cfg.model == recipe.prior.model for cfg in asked)

@@ -1,7 +1,7 @@
-"""The one optimisation loop every distillation stage runs.
+"""The one optimisation step every distillation stage repeats.
 
 A stage supplies a `Problem` (what theta is and how to render it) and a distiller (SDS, VSD, ...);
-the loop does the rest, the same for the NeRF, geometry and texture stages:
+`optimization_step` is the same for the NeRF, geometry and texture stages:
 
     view  = problem.sample_view(step)                 camera c ~ p(c), prompts with view suffix
     image = problem.render(particle, view)            x = g(theta, c), differentiable (or deferred)
@@ -10,23 +10,20 @@ the loop does the rest, the same for the NeRF, geometry and texture stages:
     loss  = out.loss + problem.regularization(...)    backprop into theta, one optimiser step
     (deferred render: backprop stops at the image; image.replay() re-renders in chunks to go on)
 
-Bookkeeping (progress bar, metrics, previews, checkpoints every N steps, Ctrl-C) lives in
-`run_loop`, so a stage never re-implements it.
+The loop around it (restore, logs, previews, checkpoints, Ctrl-C, finish) is
+`stages/common.optimize_stage`, on one screen; `deferred_sigint` here turns Ctrl-C into a flag
+it reads between steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .distill import DistillOutput
 from .step import Conditioning, Rendered, View
@@ -110,20 +107,6 @@ class Interrupted(Exception):
         self.step = step
 
 
-@dataclass
-class LoopHooks:
-    """What the loop calls besides the step itself. Every hook receives the number of steps done."""
-
-    checkpoint: Callable[[int], None]
-    preview: Callable[[int], None]
-    log_metrics: Callable[[int, dict], None]
-    progress: Callable[[int], None]  # cheap manifest heartbeat
-    describe: Callable[[int], str] = lambda step: ""  # extra text on the progress bar (t-range, ...)
-    # one flag for every process of a distributed run (true when true on any), so that all of
-    # them stop after the same step; a run of one process passes it through
-    agree: Callable[[bool], bool] = lambda flag: flag
-
-
 DUPLICATE_SIGNAL_S = 1.0  # a second signal sooner than this after the first is the same one
 
 
@@ -157,61 +140,3 @@ def deferred_sigint(on_request: Callable[[], None] = lambda: None) -> Iterator[C
     finally:
         for sig, handler_before in previous.items():
             signal.signal(sig, handler_before)
-
-
-def run_loop(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int, hooks: LoopHooks,
-             checkpoint_every: int, preview_every: int, log_every: int, console: Console | None = None,
-             title: str = "optimising") -> int:
-    """Run steps start..steps-1; returns the number of steps done (== steps unless interrupted).
-
-    Ctrl-C finishes the step in flight, writes a checkpoint and raises `Interrupted` (a second
-    Ctrl-C aborts without one). A crash keeps the last periodic checkpoint: the state in the
-    middle of a step is not one to resume from.
-    """
-    console = console or Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    done = start
-    rate_window: list[float] = []
-    last_loss = float("nan")  # the loss last read (see below), for the progress bar
-    def announce() -> None:
-        console.print("stopping (Ctrl-C or SIGTERM): finishing this step, then writing a checkpoint "
-                      "(Ctrl-C again to abort)")
-
-    with deferred_sigint(announce) as interrupt_requested, progress:
-        task = progress.add_task(title, total=steps, completed=start, status="", rate="")
-        while done < steps:
-            tic = time.perf_counter()
-            logs = step_fn(done)
-            done += 1
-            seconds = time.perf_counter() - tic
-            logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
-            rate_window = (rate_window + [seconds])[-20:]
-            checkpointing = done % checkpoint_every == 0 and done < steps
-            stopping = hooks.agree(interrupt_requested()) and done < steps
-            # Reading a logged tensor waits for the GPU, so the logs are read only when they are
-            # written, and before a checkpoint: a non-finite loss is caught there at the latest
-            # (a NaN spreads to the parameters, so the step being saved shows it too).
-            if done % log_every == 0 or done == steps or checkpointing or stopping:
-                logs = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
-                if not math.isfinite(logs.get("loss", 0.0)):
-                    raise OptimizationFailed(f"the loss became {logs['loss']} at step {done}")
-                last_loss = logs.get("loss", float("nan"))
-                if done % log_every == 0 or done == steps:
-                    hooks.log_metrics(done, logs)
-            if checkpointing:
-                hooks.checkpoint(done)
-            if done % preview_every == 0 or done == steps:
-                hooks.preview(done)
-            hooks.progress(done)
-            its = len(rate_window) / max(sum(rate_window), 1e-9)
-            progress.update(task, completed=done, status=f"loss {last_loss:.4g} {hooks.describe(done)}",
-                            rate=f"{its:.2f} it/s" if its >= 1 else f"{1 / its:.1f} s/it")
-            if stopping:
-                hooks.checkpoint(done)
-                raise Interrupted(done)
-    return done

@@ -12,7 +12,9 @@ A stage's `StageProblem` knows its tensors and optimisers; the distiller its own
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..artifacts import (ArtifactError, Checkpoint, CheckpointWriteError, Keys, RunDir, StageDir, find_checkpoint,
                          load_checkpoint, prefixed, save_checkpoint)
@@ -30,7 +33,8 @@ from ..distill import Conditioning, DistillerState
 from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
 from ..lock import LOCK_FILE, StageLock, describe_takeover
-from ..optimize import Interrupted, LoopHooks, Rendered, View, device_generator, optimization_step, run_loop
+from ..optimize import (Interrupted, OptimizationFailed, Rendered, View, deferred_sigint, device_generator,
+                        optimization_step)
 from ..tensorboard_log import TensorBoardLog
 
 
@@ -257,107 +261,149 @@ def checkpoint_part(problem: StageProblem, session: Session) -> tuple[dict, dict
     return tensors, optimizers
 
 
+def write_checkpoint(stage: StageDir, session: Session, problem: StageProblem, distiller, step: int,
+                     extra: dict | None) -> int:
+    """Every rank's share gathered, rank 0 writes it; every rank returns `step` once it is on disk."""
+    world = session.world
+    state = distiller.state_dict()
+    world.check_identical(state.tensors, "score model replicas")
+    parts = world.gather(checkpoint_part(problem, session))
+    if world.is_main:
+        tensors, optimizer_states = {}, {}
+        for part_tensors, part_optimizers in parts:
+            tensors.update(part_tensors)
+            optimizer_states.update(part_optimizers)
+        tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
+        if state.optimizer is not None:
+            optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
+        save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
+                        extra={"stage": stage.name, "processes": world.size, **(extra or {})})
+        stage.progress(step, force=True)
+    world.barrier()  # nobody goes on (or stops) before the checkpoint is on disk
+    return step
+
+
+def write_preview(stage: StageDir, problem: StageProblem, resolution: int, step: int,
+                  tensorboard: TensorBoardLog | None) -> None:
+    image = problem.preview(resolution)
+    png = png_bytes(image)
+    write_bytes_atomic(stage.previews_dir / f"step-{step:06d}.png", png)
+    write_bytes_atomic(stage.previews_dir / "latest.png", png)
+    if tensorboard is not None:
+        tensorboard.image(step, image)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+
+
 def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem, distiller, *,
                    settings: LoopSettings, inputs: list, title: str, console: Console,
                    finalize: Callable[[], list[str]] | None = None, extra: dict | None = None) -> StageResult:
-    """Restore from the opened stage's checkpoint (if any), run the loop to settings.steps, write
-    the final checkpoint (and whatever `finalize` writes), mark the stage complete. Raises
-    Interrupted after checkpointing on Ctrl-C; a failure marks the stage failed and re-raises.
+    """The stage's loop, top to bottom: restore from the opened stage's checkpoint (if any), run
+    `optimization_step` to settings.steps with its logs, previews and checkpoints, write the final
+    checkpoint (and whatever `finalize` writes), mark the stage complete.
 
-    Spread over several processes (session.world), every rank runs the loop on its own particles;
-    only rank 0 writes the stage's files and shows the progress bar, and a checkpoint is gathered
-    from every rank and written by rank 0."""
-    stage, checkpoint, world = opened.stage, opened.checkpoint, session.world
+    Ctrl-C or SIGTERM finishes the step in flight, writes a checkpoint and raises Interrupted (a
+    second Ctrl-C aborts without one: the last periodic checkpoint stands). A failure marks the
+    stage failed and re-raises; a crash keeps the last periodic checkpoint, since the state in the
+    middle of a step is not one to resume from.
+
+    Spread over several processes (session.world), every rank runs the loop on its own particles
+    and draws from its own generators; rank 0 (`main`) alone writes the stage's files and shows the
+    progress bar, a checkpoint is gathered from every rank, and all ranks agree on stopping."""
+    stage, world, steps = opened.stage, session.world, settings.steps
     main = world.is_main
-    start, details = 0, {}
-    if checkpoint is not None:
-        details = restore(checkpoint, problem, distiller, session)
-        start = checkpoint.step
-        if main:
-            console.print(f"[dim]resuming {stage.path} from step {start}[/]")
+    console = console if main else Console(quiet=True)
+    step, details = 0, {}
+    if opened.checkpoint is not None:
+        details = restore(opened.checkpoint, problem, distiller, session)
+        step = opened.checkpoint.step
+        console.print(f"[dim]resuming {stage.path} from step {step}[/]")
     if world.active:
         details = {"processes": world.size, **details}
     trained = sum(t.numel() for t in distiller.state_dict().tensors.values())  # VSD's LoRA + camera MLP; SDS: 0
     # which weights made this run: the model and revision asked for, the commit they resolved to
     details = {"distiller_parameters": trained, "prior": dataclasses.asdict(session.prior.source), **details}
-    tensorboard = TensorBoardLog(stage.path, start) if main and opened.recipe.log.tensorboard else None
+    tensorboard = TensorBoardLog(stage.path, step) if main and opened.recipe.log.tensorboard else None
     if main:
-        stage.begin(to_dict(opened.recipe), settings.steps, inputs=inputs, step=start, details=details)
-    last_checkpoint = [start]  # what a failed run can be resumed from
-
-    def write_checkpoint(step: int) -> None:
-        state = distiller.state_dict()
-        world.check_identical(state.tensors, "score model replicas")
-        parts = world.gather(checkpoint_part(problem, session))
-        if main:
-            tensors, optimizer_states = {}, {}
-            for part_tensors, part_optimizers in parts:
-                tensors.update(part_tensors)
-                optimizer_states.update(part_optimizers)
-            tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
-            if state.optimizer is not None:
-                optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
-            save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
-                            extra={"stage": stage.name, "processes": world.size, **(extra or {})})
-            stage.progress(step, force=True)
-        world.barrier()  # nobody goes on (or stops) before the checkpoint is on disk
-        last_checkpoint[0] = step
-
-    def write_preview(step: int) -> None:
-        image = problem.preview(settings.preview_resolution)
-        png = png_bytes(image)
-        write_bytes_atomic(stage.previews_dir / f"step-{step:06d}.png", png)
-        write_bytes_atomic(stage.previews_dir / "latest.png", png)
-        if tensorboard is not None:
-            tensorboard.image(step, image)
-
-    def log_metrics(step: int, logs: dict) -> None:
-        stage.log_metrics(step, logs)
-        if tensorboard is not None:
-            tensorboard.scalars(step, logs)
-
-    def describe(step: int) -> str:
-        lo, hi = distiller.schedule.t_range(step)
-        return " ".join(part for part in (problem.describe(step), f"t [{lo},{hi}]") if part)
-
-    nothing = lambda *args: None  # noqa: E731  (what the other ranks do instead of writing)
-    hooks = LoopHooks(checkpoint=write_checkpoint, preview=write_preview if main else nothing,
-                      log_metrics=log_metrics if main else nothing,
-                      progress=stage.progress if main else nothing, describe=describe, agree=world.agree)
-    step_fn = lambda step: optimization_step(problem, session.prior.encode_images, distiller, step,  # noqa: E731
-                                             session.generator, tensor_generator=session.tensor_generator)
+        stage.begin(to_dict(opened.recipe), steps, inputs=inputs, step=step, details=details)
+    saved = step  # the step of the last checkpoint on disk: what a failed run is resumed from
+    rate_window: list[float] = []
+    loss = float("nan")  # the loss last read (see below), for the progress bar
     try:
-        done = run_loop(step_fn, start=start, steps=settings.steps, hooks=hooks,
-                        checkpoint_every=settings.checkpoint_every, preview_every=settings.preview_every,
-                        log_every=settings.log_every, console=console if main else Console(quiet=True),
-                        title=title)
-        write_checkpoint(done)
+        def announce() -> None:
+            console.print("stopping (Ctrl-C or SIGTERM): finishing this step, then writing a checkpoint "
+                          "(Ctrl-C again to abort)")
+
+        with deferred_sigint(announce) as stop_requested, progress_bar(console) as progress:
+            task = progress.add_task(title, total=steps, completed=step, status="", rate="")
+            while step < steps:
+                tic = time.perf_counter()
+                logs = optimization_step(problem, session.prior.encode_images, distiller, step, session.generator,
+                                         tensor_generator=session.tensor_generator)
+                step += 1
+                seconds = time.perf_counter() - tic
+                logs["step_seconds"] = seconds  # the optimisation step alone, without checkpoints or previews
+                rate_window = (rate_window + [seconds])[-20:]
+                logging = step % settings.log_every == 0 or step == steps
+                checkpointing = step % settings.checkpoint_every == 0 and step < steps
+                stopping = world.agree(stop_requested()) and step < steps  # every rank stops after one step
+                # Reading a logged tensor waits for the GPU, so the logs are read only when they are
+                # written, and before a checkpoint: a non-finite loss is caught there at the latest
+                # (a NaN spreads to the parameters, so the step being saved shows it too).
+                if logging or checkpointing or stopping:
+                    logs = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+                    if not math.isfinite(logs.get("loss", 0.0)):
+                        raise OptimizationFailed(f"the loss became {logs['loss']} at step {step}")
+                    loss = logs.get("loss", float("nan"))
+                    if logging and main:
+                        stage.log_metrics(step, logs)
+                        if tensorboard is not None:
+                            tensorboard.scalars(step, logs)
+                if checkpointing:
+                    saved = write_checkpoint(stage, session, problem, distiller, step, extra)
+                if main and (step % settings.preview_every == 0 or step == steps):
+                    write_preview(stage, problem, settings.preview_resolution, step, tensorboard)
+                if main:
+                    stage.progress(step)
+                lo, hi = distiller.schedule.t_range(step)
+                its = len(rate_window) / max(sum(rate_window), 1e-9)
+                progress.update(task, completed=step,
+                                status=" ".join(part for part in (f"loss {loss:.4g}", problem.describe(step),
+                                                                  f"t [{lo},{hi}]") if part),
+                                rate=f"{its:.2f} it/s" if its >= 1 else f"{1 / its:.1f} s/it")
+                if stopping:
+                    saved = write_checkpoint(stage, session, problem, distiller, step, extra)
+                    raise Interrupted(step)
+        saved = write_checkpoint(stage, session, problem, distiller, step, extra)
         outputs = ["checkpoint/weights.safetensors", "previews/latest.png",
                    *(finalize() if finalize is not None and main else [])]
         if main:
-            stage.finish("complete", done, outputs=outputs)
+            stage.finish("complete", step, outputs=outputs)
     except Interrupted as exc:
         if main:
             stage.finish("interrupted", exc.step)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step, the last one stands
         if main:
-            stage.finish("interrupted", last_checkpoint[0])
+            stage.finish("interrupted", saved)
         raise
     except BaseException as exc:
         if main:
             try:
-                stage.finish("failed", last_checkpoint[0], error=f"{type(exc).__name__}: {exc}")
+                stage.finish("failed", saved, error=f"{type(exc).__name__}: {exc}")
             except OSError:  # a full disk may refuse the manifest too; the last checkpoint stands
                 pass
         if isinstance(exc, CheckpointWriteError):
-            kept = f"the checkpoint of step {last_checkpoint[0]} is kept" if last_checkpoint[0] else \
-                "there is no earlier checkpoint"
+            kept = f"the checkpoint of step {saved} is kept" if saved else "there is no earlier checkpoint"
             raise CheckpointWriteError(f"{exc}; {kept}") from None
         raise
     finally:
         if tensorboard is not None:
             tensorboard.close()
     world.barrier()
-    return StageResult(opened.run.path, stage.name, "complete", done, settings.steps,
+    return StageResult(opened.run.path, stage.name, "complete", step, steps,
                        float(stage.manifest["timings"]["seconds"]), outputs)

@@ -53,8 +53,9 @@ def manifest(out: Path) -> dict:
 
 
 def distributed_details(record: dict) -> dict:
-    """What the manifest says of the processes (without the parameter count every stage records)."""
-    return {k: v for k, v in record["details"].items() if k != "distiller_parameters"}
+    """What the manifest says of the processes (without the parameter count and the prior's source,
+    which every stage records)."""
+    return {k: v for k, v in record["details"].items() if k not in ("distiller_parameters", "prior")}
 
 
 def wait_for_checkpoint(out: Path, after: int = 0, timeout: float = 180) -> int:

@@ -46,7 +46,7 @@ def nerf_run(prompt: str, workdir: Path, overrides: list[str], console: Console)
     if (existing / "nerf" / "manifest.json").exists() and not overrides:
         shutil.copytree(existing, out)
     else:
-        nerf.run(build_recipe(RECIPE, overrides), prompt, out, console=console)
+        nerf.run(out, build_recipe(RECIPE, overrides), prompt=prompt, console=console)
     return out
 
 

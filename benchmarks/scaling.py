@@ -55,7 +55,7 @@ def worker(out: Path, particles: int, steps: int) -> None:
     world = distributed.join()
     recipe = build_recipe("toy", [f"nerf.particles={particles}", f"nerf.steps={steps}", "prior.device=cpu",
                                   f"nerf.checkpoint_every={steps}", f"nerf.preview_every={steps}"])
-    result = nerf.run(recipe, "a red cube", out / "run", world=world)
+    result = nerf.run(out / "run", recipe, prompt="a red cube", world=world)
     (out / f"rank{world.rank}.json").write_text(json.dumps({**spent, "seconds": result.seconds}))
     distributed.leave(world)
 

@@ -67,7 +67,7 @@ def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> 
 
     recipe = build_recipe(RECIPE, overrides)
     tic = time.perf_counter()
-    nerf.run(recipe, prompt, out, console=console)
+    nerf.run(out, recipe, prompt=prompt, console=console)
     return out, time.perf_counter() - tic
 
 

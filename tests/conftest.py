@@ -48,7 +48,7 @@ def tiny_nerf_run_template(tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
     recipe = build_recipe(str(PACKAGE_RECIPES / "tiny.yaml"),
                           [f"prior.model={tiny_model_dir}"])
     out = tmp_path_factory.mktemp("nerf-run") / "run"
-    nerf.run(recipe, "an elephant skull", out)
+    nerf.run(out, recipe, prompt="an elephant skull")
     return out
 
 

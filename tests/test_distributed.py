@@ -98,7 +98,7 @@ world = join()
 recipe = build_recipe({TINY_RECIPE!r}, ["prior.model={tiny_model_dir}", "prior.device=cpu", "nerf.particles=4",
                                         "nerf.steps=6"])
 out = Path(sys.argv[1])
-nerf.run(recipe, "a cube", out, world=world)
+nerf.run(out, recipe, prompt="a cube", world=world)
 state = captured[0].state_dict().tensors
 save_file({{k: v.contiguous() for k, v in state.items()}}, str(out.parent / f"replica{{world.rank}}.safetensors"))
 leave(world)

@@ -74,7 +74,7 @@ def test_a_short_tiny_run_with_a_half_precision_prior(tiny_model_dir: Path, tmp_
 
     recipe = build_recipe(str(PACKAGE_RECIPES / "tiny.yaml"),
                           [f"prior.model={tiny_model_dir}", "prior.device=cpu", f"prior.dtype={dtype}"])
-    result = nerf.run(recipe, "an elephant skull", tmp_path / "run")
+    result = nerf.run(tmp_path / "run", recipe, prompt="an elephant skull")
     assert result.status == "complete" and result.step == recipe.nerf.steps
     metrics = [line for line in (tmp_path / "run" / "nerf" / "metrics.jsonl").read_text().splitlines() if line]
     import json

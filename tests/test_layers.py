@@ -128,3 +128,34 @@ def test_benchmarks_and_tests_import_only_names_that_exist():
                                 if not hasattr(module, alias.name)
                                 and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
     assert not missing, missing
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (`from . import name` resolved to the submodule
+    `name` where there is one), at any depth of its code."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for importer, path in modules.items():
+        package = importer if path.name == "__init__.py" else importer.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:  # a name that is itself a submodule is an import of it
+                submodule = f"{target}.{alias.name}"
+                imported = submodule if submodule in modules else target
+                if imported in modules and imported != importer:
+                    graph[importer].add(imported)
+    return graph
+
+
+def test_no_cycle_inside_a_subpackage():
+    """Within one subpackage too, modules import one way: no two modules of it import each other,
+    directly or around a loop (the package's own __init__ counts as one of its modules)."""
+    graph = module_graph()
+    inside = {importer: {m for m in imported if unit_of(m) == unit_of(importer)} for importer, imported in graph.items()}
+    assert not cycles(inside), cycles(inside)

@@ -30,7 +30,7 @@ def test_a_separate_tensor_generator_is_checkpointed_and_restored(tiny_model_dir
 
     monkeypatch.setattr(common, "device_generator", lambda host, device: torch.Generator().manual_seed(1234))
     recipe = build_recipe(TINY_RECIPE, [f"prior.model={tiny_model_dir}", "nerf.steps=8", "nerf.checkpoint_every=3"])
-    nerf.run(recipe, "a cube", tmp_path / "whole")
+    nerf.run(tmp_path / "whole", recipe, prompt="a cube")
 
     original = common.optimization_step
 
@@ -42,11 +42,11 @@ def test_a_separate_tensor_generator_is_checkpointed_and_restored(tiny_model_dir
 
     monkeypatch.setattr(common, "optimization_step", ctrl_c_at_step_four)
     with pytest.raises(Interrupted):
-        nerf.run(recipe, "a cube", tmp_path / "cut")
+        nerf.run(tmp_path / "cut", recipe, prompt="a cube")
     monkeypatch.setattr(common, "optimization_step", original)
     saved = load_file(tmp_path / "cut" / "nerf" / "checkpoint" / "weights.safetensors")
     assert "rng.tensor_generator" in saved
-    nerf.run(recipe, "a cube", tmp_path / "cut", resume=True)
+    nerf.run(tmp_path / "cut", recipe, prompt="a cube", resume=True)
 
     expected = load_file(tmp_path / "whole" / "nerf" / "checkpoint" / "weights.safetensors")
     got = load_file(tmp_path / "cut" / "nerf" / "checkpoint" / "weights.safetensors")

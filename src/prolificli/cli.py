@@ -165,7 +165,7 @@ def nerf(
                                              "nerf.steps": steps, "seed": seed,
                                              "prior.device": device, **tensorboard_override(tensorboard)})
     run_stage("nerf", out if out is not None else Path("runs") / slugify(text), lambda: build_recipe(recipe, sets),
-              as_json=as_json, prompt=text)
+              prompt=text, as_json=as_json)
 
 
 def flag_overrides(values: dict[str, object]) -> list[str]:
@@ -182,36 +182,34 @@ def require_extras(recipe) -> None:
         require_tensorboard()
 
 
-def run_stage(name: str, run: Path, make_recipe, *, resume: bool = False, force: bool = False,
-              as_json: bool = False, **stage_kwargs) -> None:
-    """What every optimisation stage's command does: resolve the recipe, run the stage, report
-    (the run directory, or a JSON summary) and turn failures into one line and an exit code."""
-    import importlib
-
+def run_stage(name: str, run: Path, make_recipe, *, prompt: str | None = None, resume: bool = False,
+              force: bool = False, as_json: bool = False, **stage_options) -> None:
+    """What every optimisation stage's command does: resolve the recipe, run the stage (STAGES[name],
+    joining a torchrun's processes when the stage spreads over them), report (the run directory,
+    or a JSON summary) and turn failures into one line and an exit code."""
     from .artifacts import CheckpointWriteError
     from .distributed import DistributedError, World, join, leave
     from .mesh.mesh import MeshError
     from .optimize import Interrupted, OptimizationFailed
+    from .stages import STAGES
 
-    module = importlib.import_module(f".stages.{name}", __package__)
+    stage = STAGES[name]
     world = World()
     try:
         recipe_obj = None if resume else make_recipe()
         if recipe_obj is not None:
             require_extras(recipe_obj)
         quiet_libraries()
-        if name == "nerf":  # the one stage whose particles spread over the processes of a torchrun
+        if stage.spreads:
             try:
                 world = join()
             except DistributedError as exc:
                 fail(str(exc), every_rank=True)
+        else:
+            on_one_process(name)
         try:
-            if name == "nerf":
-                result = module.run(recipe_obj, stage_kwargs.get("prompt", ""), run, resume=resume, console=stderr,
-                                    world=world)
-            else:
-                on_one_process(name)
-                result = module.run(run, recipe_obj, resume=resume, force=force, console=stderr, **stage_kwargs)
+            result = stage.run(run, recipe_obj, prompt=prompt, resume=resume, force=force, console=stderr,
+                               world=world, **stage_options)
         except Interrupted as exc:
             stderr.print(f"interrupted at step {exc.step}; checkpoint written. Continue with: "
                          f"prolific {name} --resume {run.resolve()}", highlight=False, soft_wrap=True)
@@ -245,29 +243,12 @@ def run_dir_argument(run: Optional[Path]) -> Path:
     return Path(lines[-1])
 
 
-def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str]):
-    """The run's own resolved recipe (from its NeRF stage) <- --recipe <- --set."""
-    from .artifacts import RunDir
+def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str], *, new_run: bool = False):
+    """The run's own resolved recipe (outputs.run_recipe) <- --recipe <- --set; a `new_run` (a mesh
+    textured from scratch) starts from the defaults."""
+    from .outputs import run_recipe
 
-    manifest = RunDir.open(run).stage("nerf").require_complete("nerf")
-    return build_recipe(recipe, overrides, base=manifest["config"])
-
-
-def texture_recipe(run: Path, recipe: Optional[str], overrides: list[str], prompt: Optional[str]):
-    """As `stage_recipe`, except that texturing a mesh file may start a run without a NeRF stage."""
-    from .artifacts import RunDir
-
-    if not (run / "run.json").exists():
-        if prompt is None:
-            fail(f"{run} is not a run directory; to texture a mesh file from scratch give --prompt too")
-        return build_recipe(recipe, overrides)
-    if prompt is not None:
-        fail("--prompt is only for a new run directory; this run already has its prompt")
-    nerf = RunDir.open(run).stage("nerf")
-    if nerf.manifest is None:  # a run started by texturing a mesh file: its texture stage holds the recipe
-        texture = RunDir.open(run).stage("texture").manifest
-        return build_recipe(recipe, overrides, base=texture["config"] if texture else None)
-    return stage_recipe(run, recipe, overrides)
+    return build_recipe(recipe, overrides, base=None if new_run else run_recipe(run))
 
 
 RECIPE_OPTION = typer.Option(None, "--recipe", "-r", help="Recipe YAML whose settings replace the run's own "
@@ -305,8 +286,7 @@ def extract(
     sets = list(overrides) + flag_overrides({"extract.particle": particle, "extract.resolution": resolution,
                                              "extract.threshold": threshold})
     try:
-        recipe_obj = stage_recipe(run, recipe, sets)
-        result = extract_stage.run(run, recipe_obj, force=force, console=stderr)
+        result = extract_stage.run(run, stage_recipe(run, recipe, sets), force=force, console=stderr)
     except user_errors() + (MeshError,) as exc:
         fail(str(exc))
     if as_json:
@@ -317,21 +297,18 @@ def extract(
         print(result.run_dir)
 
 
-def optimization_stage(name: str, run: Optional[Path], recipe: Optional[str], overrides: list[str],
-                       steps: Optional[int], resume: bool, force: bool, as_json: bool, tensorboard: bool = False,
-                       **stage_kwargs) -> None:
-    """The body of `geometry` and `texture`: the run's own recipe <- --recipe <- --set, then run_stage."""
-    run = run_dir_argument(run)
-    if resume and (recipe is not None or overrides or steps is not None or stage_kwargs.get("mesh_path")
+def later_stage(name: str, run: Path, recipe: Optional[str], overrides: list[str], steps: Optional[int],
+                resume: bool, force: bool, as_json: bool, tensorboard: bool = False, prompt: Optional[str] = None,
+                **stage_options) -> None:
+    """The body of `geometry` and `texture`: the run's own recipe <- --recipe <- --set (a new run,
+    given a prompt, starts from the defaults), then run_stage."""
+    if resume and (recipe is not None or overrides or steps is not None or stage_options.get("mesh_path")
                    or tensorboard):
         fail("--resume continues a stage with the config it started with; drop "
              "--recipe/--set/--steps/--mesh/--tensorboard")
     sets = list(overrides) + flag_overrides({f"{name}.steps": steps, **tensorboard_override(tensorboard)})
-    if name == "texture":
-        make_recipe = lambda: texture_recipe(run, recipe, sets, stage_kwargs.get("prompt"))  # noqa: E731
-    else:
-        make_recipe = lambda: stage_recipe(run, recipe, sets)  # noqa: E731
-    run_stage(name, run, make_recipe, resume=resume, force=force, as_json=as_json, **stage_kwargs)
+    run_stage(name, run, lambda: stage_recipe(run, recipe, sets, new_run=prompt is not None), prompt=prompt,
+              resume=resume, force=force, as_json=as_json, **stage_options)
 
 
 STEPS_HELP = "Same as --set {}.steps=."
@@ -356,7 +333,7 @@ def geometry(
     Optimises the DMTet SDF and vertex offsets from RUN/extract/ (SDS at CFG 100 plus normal-consistency
     and Laplacian smoothing) and writes RUN/geometry/ (checkpoint/, mesh.ply, previews/).
     """
-    optimization_stage("geometry", run, recipe, overrides, steps, resume, force, as_json, tensorboard)
+    later_stage("geometry", run_dir_argument(run), recipe, overrides, steps, resume, force, as_json, tensorboard)
 
 
 @app.command()
@@ -378,8 +355,14 @@ def texture(
     Uses RUN/geometry/ (else RUN/extract/, or --mesh FILE) and writes RUN/texture/ (checkpoint/, previews/,
     model.obj + model.mtl + model.png, model.glb).
     """
-    optimization_stage("texture", run, recipe, overrides, steps, resume, force, as_json, tensorboard,
-                       mesh_path=mesh, prompt=prompt)
+    run = run_dir_argument(run)
+    is_run = (run / "run.json").exists()
+    if prompt is None and not is_run:
+        fail(f"{run} is not a run directory; to texture a mesh file from scratch give --prompt too")
+    if prompt is not None and is_run:
+        fail("--prompt is only for a new run directory; this run already has its prompt")
+    later_stage("texture", run, recipe, overrides, steps, resume, force, as_json, tensorboard, prompt=prompt,
+                mesh_path=mesh)
 
 
 @app.command()
@@ -492,12 +475,13 @@ def batch(
     prompts i with i % W == k. Writes OUT/batch.json (prompt -> run dir, status, seconds) and prints it.
     """
     from .optimize import Interrupted
+    from .stages import STAGES
     from .stages import batch as batch_stage
 
     chosen = [name.strip() for name in stages.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in batch_stage.STAGES]
+    unknown = [name for name in chosen if name not in STAGES]
     if not chosen or unknown:
-        fail(f"--stages {stages!r}: choose from {','.join(batch_stage.STAGES)}")
+        fail(f"--stages {stages!r}: choose from {','.join(STAGES)}")
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
                                              "prior.model": model, **revision_override(revision),
                                              "nerf.steps": steps, "seed": seed,

@@ -8,6 +8,8 @@ and `eval` alike. A stage must be complete to be opened; the checkpoint keys are
     open_mesh(run, stage)     MeshArtifact      extract or geometry: the DMTet and the exported mesh
     open_latest_mesh(run)     MeshArtifact      geometry if it is complete, else extract
     open_textured(run)        TexturedArtifact  the texture stage's GLB, where its cameras saw it
+    open_artifact(run, stage) any of these        by stage name (OPENERS), for what renders any stage
+    run_recipe(run)           dict | None       the resolved recipe a run's later stages start from
 """
 
 from __future__ import annotations
@@ -151,3 +153,30 @@ def open_textured(run: RunDir | Path) -> TexturedArtifact:
     if source not in MESH_STAGES:
         mesh, _, _ = fit_to_object_box(mesh)
     return TexturedArtifact(path, recipe, path / "model.glb", str(source), mesh, uvs, texture)
+
+
+# what renders or measures any stage opens it through this table (a new stage adds its opener)
+OPENERS = {
+    "nerf": open_nerf,
+    "extract": lambda run: open_mesh(run, "extract"),
+    "geometry": lambda run: open_mesh(run, "geometry"),
+    "texture": open_textured,
+}
+
+
+def open_artifact(run: RunDir | Path, stage: str) -> NerfArtifact | MeshArtifact | TexturedArtifact:
+    if stage not in OPENERS:
+        raise ArtifactError(f"unknown stage '{stage}' (one of {', '.join(OPENERS)})")
+    return OPENERS[stage](run)
+
+
+def run_recipe(run: RunDir | Path) -> dict | None:
+    """The resolved recipe a run's later stages start from: the one its NeRF stage stored (which
+    must be complete), or, for a run begun by texturing a mesh file (no NeRF stage), its texture
+    stage's; None for such a run whose texture stage never started."""
+    run = run if isinstance(run, RunDir) else RunDir.open(run)
+    if run.stage("nerf").manifest is None:
+        texture = run.stage("texture").manifest
+        return texture["config"] if texture else None
+    return run.stage("nerf").require_complete("nerf")["config"]
+

@@ -109,18 +109,17 @@ def _concat(parts: list[Frames]) -> Frames:
 
 def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
     """Open a stage's artifact once; the returned function renders it from any cameras."""
-    from ..outputs import open_mesh, open_nerf, open_textured
+    from ..outputs import NerfArtifact, TexturedArtifact, open_artifact
 
     run.stage(stage).require_complete(stage)
-    if stage == "nerf":
-        nerf = open_nerf(run)
-        field, background = nerf.particle(particle)
-        return lambda cameras, resolution: render_nerf(field, background, nerf.recipe, cameras, resolution)
-    if stage == "texture":
-        textured = open_textured(run)
-        return lambda cameras, resolution: render_mesh_frames(textured.mesh, cameras, resolution, uvs=textured.uvs,
-                                                              uv_faces=textured.mesh.faces, texture=textured.texture)
-    mesh = open_mesh(run, stage).exported()
+    artifact = open_artifact(run, stage)
+    if isinstance(artifact, NerfArtifact):
+        field, background = artifact.particle(particle)
+        return lambda cameras, resolution: render_nerf(field, background, artifact.recipe, cameras, resolution)
+    if isinstance(artifact, TexturedArtifact):
+        return lambda cameras, resolution: render_mesh_frames(artifact.mesh, cameras, resolution, uvs=artifact.uvs,
+                                                              uv_faces=artifact.mesh.faces, texture=artifact.texture)
+    mesh = artifact.exported()  # a mesh stage's
     return lambda cameras, resolution: render_mesh_frames(mesh, cameras, resolution)
 
 

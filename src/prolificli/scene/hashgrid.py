@@ -26,45 +26,19 @@ arithmetic as the PyTorch path here, which stays the CPU path and their referenc
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from prolificli.config import HashGridConfig
-
-# tiny-cuda-nn's primes; the first is 1 so that x alone keeps coherent memory access
-HASH_PRIME_Y = 2654435761
-HASH_PRIME_Z = 805459861
+from prolificli.scene.grid_levels import HASH_PRIME_Y, HASH_PRIME_Z, GridLevel, grid_levels
 
 
 def _as_int32(value: int) -> int:
     """The int32 with the same low 32 bits (2654435761 does not fit in a signed int32)."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= (1 << 31) else value
-
-
-@dataclass(frozen=True)
-class GridLevel:
-    resolution: int  # cells per axis; vertices 0..resolution
-    offset: int  # first row of this level in the shared table
-    size: int  # rows of this level: (resolution+1)^3 if dense, else the hash table size
-    hashed: bool
-
-
-def grid_levels(cfg: HashGridConfig) -> list[GridLevel]:
-    table_size = 2**cfg.log2_hashmap_size
-    levels, offset = [], 0
-    for level in range(cfg.n_levels):
-        resolution = math.floor(cfg.base_resolution * cfg.per_level_scale**level)
-        n_vertices = (resolution + 1) ** 3
-        hashed = n_vertices > table_size
-        size = table_size if hashed else n_vertices
-        levels.append(GridLevel(resolution, offset, size, hashed))
-        offset += size
-    return levels
 
 
 def _cell_corners(x_t: Tensor, level: GridLevel) -> tuple[Tensor, Tensor, Tensor]:

@@ -31,9 +31,10 @@ from ..lock import LockError
 from ..mesh.mesh import MeshError
 from ..methods import build_recipe
 from ..optimize import Interrupted, OptimizationFailed
+from ..outputs import run_recipe
 from ..prior import PriorLoadError
+from . import STAGES
 
-STAGES = ("nerf", "extract", "geometry", "texture")
 BATCH_FILE = "batch.json"
 
 
@@ -99,28 +100,20 @@ class PriorCache:
 
 def advance_stage(name: str, run_dir: Path, prompt: str, settings: BatchSettings, priors: PriorCache,
                   console: Console) -> str:
-    """Run, resume or skip one stage of one prompt; what happened ("complete", "skipped", ...)."""
-    from . import extract, geometry, nerf, texture
-
-    stage = RunDir.open(run_dir).stage(name) if (run_dir / "run.json").exists() else None
-    manifest = stage.manifest if stage is not None else None
+    """Run, resume or skip one stage (STAGES[name]) of one prompt; what happened ("complete", "skipped", ...)."""
+    stage = STAGES[name]
+    done = RunDir.open(run_dir).stage(name) if (run_dir / "run.json").exists() else None
+    manifest = done.manifest if done is not None else None
     if manifest is not None and manifest.get("status") == "complete":
         return "skipped"
-    resume = manifest is not None and name != "extract"  # (extract is one step: it starts again)
-    if name == "nerf":
-        recipe = None if resume else build_recipe(settings.recipe, settings.overrides)
-        prior = priors.get(recipe if recipe is not None else _stored(run_dir, "nerf"))
-        nerf.run(recipe, prompt, run_dir, resume=resume, console=console, prior=prior)
-        return "resumed" if resume else "complete"
-    base = RunDir.open(run_dir).stage("nerf").require_complete("nerf")["config"]
-    recipe = build_recipe(settings.recipe, settings.overrides, base=base)
-    if name == "extract":
-        extract.run(run_dir, recipe, force=manifest is not None, console=console)
-        return "complete"
-    module = geometry if name == "geometry" else texture
-    prior = priors.get(_stored(run_dir, name) if resume else recipe)
-    module.run(run_dir, None if resume else recipe, resume=resume, force=manifest is not None and not resume,
-               console=console, prior=prior)
+    resume = manifest is not None and stage.optimizes  # a one-step stage (extract) starts again
+    recipe = None
+    if not resume:  # the first stage starts from the batch's recipe, the others from the run's own
+        base = None if stage.reads is None else run_recipe(run_dir)
+        recipe = build_recipe(settings.recipe, settings.overrides, base=base)
+    prior = priors.get(recipe if recipe is not None else _stored(run_dir, name)) if stage.uses_prior else None
+    stage.run(run_dir, recipe, prompt=prompt if stage.reads is None else None, resume=resume,
+              force=manifest is not None and not resume, console=console, prior=prior)
     return "resumed" if resume else "complete"
 
 

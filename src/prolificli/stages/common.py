@@ -210,7 +210,8 @@ def start_session(recipe: Recipe, console: Console, world: World = World(), prio
         if started_at:
             prior_cfg = dataclasses.replace(prior_cfg, revision=started_at)
         if world.is_main:
-            console.print(f"[dim]loading prior {recipe.prior.model}" + (f" at {started_at}" if started_at else "") + "[/]")
+            at = f" at {started_at}" if started_at else ""
+            console.print(f"[dim]loading prior {recipe.prior.model}{at}[/]")
         prior = load_prior(prior_cfg)
     return Session(prior, generator, device_generator(generator, prior.device), world)
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from ..artifacts import ArtifactError, Keys, RunDir, save_checkpoint
 from ..config import Recipe, to_dict
+from ..distributed import World
 from ..files import write_png
 from ..mesh.export import save_ply
 from ..surface import extract_surface
@@ -31,8 +32,15 @@ class ExtractResult:
     seconds: float
 
 
-def run(run_dir: Path, recipe: Recipe, *, force: bool = False, console: Console | None = None) -> ExtractResult:
+def run(run_dir: Path, recipe: Recipe, *, prompt: str | None = None, resume: bool = False, force: bool = False,
+        console: Console | None = None, prior=None, world: World = World()) -> ExtractResult:
+    """Extract the mesh of the NeRF stage's particle recipe.extract.particle (the stage contract:
+    see stages/__init__.py; extract is one step, uses no prior and runs on one process)."""
     console = console or Console(stderr=True)
+    if resume:
+        raise ArtifactError("extract is one step and has nothing to resume; pass --force to extract again")
+    if world.active:
+        raise ArtifactError("extract runs on one process; launch it without torchrun")
     run = RunDir.open(run_dir)
     opened = open_stage(run, STAGE, recipe, force=force, again="pass --force to extract again", resumable=False,
                         console=console)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import Keys, RunDir, prefixed
+from ..artifacts import ArtifactError, Keys, RunDir, prefixed
 from ..config import Recipe
+from ..distributed import World
 from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
@@ -119,11 +120,14 @@ class GeometryProblem(StageProblem):
         return preview_grid(self.colored_mesh(), self.recipe, resolution=resolution)
 
 
-def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        console: Console | None = None, prior=None) -> StageResult:
+def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,
+        force: bool = False, console: Console | None = None, prior=None, world: World = World()) -> StageResult:
+    """Refine the run's extracted mesh (the stage contract: see stages/__init__.py; one process)."""
     from ..outputs import open_mesh, open_nerf
 
     console = console or Console(stderr=True)
+    if world.active:
+        raise ArtifactError("geometry runs on one process; launch it without torchrun")
     run = RunDir.open(run_dir)
     opened = open_stage(run, STAGE, recipe, resume=resume, force=force, console=console)
     with opened:

@@ -168,17 +168,20 @@ def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: 
     return NeRFParticles(recipe, prior, prompt, generator, tensor_generator, world.particles(recipe.nerf.particles))
 
 
-def run(recipe: Recipe | None, prompt: str, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, prior=None, world: World = World()) -> StageResult:
-    """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`, its
-    particles spread over `world`'s processes. Raises Interrupted on Ctrl-C after checkpointing."""
+def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,
+        force: bool = False, console: Console | None = None, prior=None, world: World = World()) -> StageResult:
+    """Train (or resume, with the recipe it started with) the NeRF stage of `run_dir`, which a new
+    run creates for `prompt`, its particles spread over `world`'s processes. Raises Interrupted
+    on Ctrl-C after checkpointing. (The stage contract: see stages/__init__.py.)"""
     console = console or Console(stderr=True)
+    if not resume and prompt is None:
+        raise ArtifactError("a new NeRF stage needs a prompt")
     if world.is_main and not resume:
         RunDir.create(run_dir, prompt, recipe.seed, recipe.name)
     world.barrier()
     run = RunDir.open(run_dir)
-    opened = open_stage(run, STAGE, recipe, resume=resume, again="choose another --out", lock=world.is_main,
-                        console=console)
+    opened = open_stage(run, STAGE, recipe, resume=resume, force=force, again="choose another --out",
+                        lock=world.is_main, console=console)
     with opened:
         world.barrier()  # every rank has read the stage before rank 0 starts writing it
         recipe, prompt = opened.recipe, run.info["prompt"]

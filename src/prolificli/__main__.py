@@ -1,5 +1,5 @@
 """`python -m prolificli ...` is `prolific ...` (and what torchrun launches: `torchrun -m prolificli`)."""
 
-from prolificli.cli import main
+from .cli import main
 
 main()

@@ -32,8 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prolificli import __version__
-from prolificli.files import fsync_dir, write_bytes_atomic, write_json_atomic
+from . import __version__
+from .files import fsync_dir, write_bytes_atomic, write_json_atomic
 
 STATUSES = ("running", "interrupted", "complete", "failed")
 WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "weights.safetensors", "optimizer.pt", "state.json"
@@ -293,7 +293,7 @@ class StageDir:
 
 def _plain_config(config: Any) -> dict:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        from prolificli.config import to_dict
+        from .config import to_dict
 
         config = to_dict(config)
     return json.loads(json.dumps(config))  # fails early on anything JSON cannot hold; tuples -> lists

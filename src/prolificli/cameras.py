@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from prolificli.config import CameraConfig
+from .config import CameraConfig
 
 
 @dataclass

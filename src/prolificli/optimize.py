@@ -20,31 +20,67 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
-from .distill import DistillOutput
+from .distill import DistillerState, DistillOutput
 from .step import Conditioning, Rendered, View
 
 
-class Problem(Protocol):
-    """What a stage optimises: n particles, each with its own parameters and optimiser."""
+class Problem(ABC):
+    """What a stage optimises: n particles on this process, each with its own parameters and
+    optimiser (what `optimization_step` uses), and what the stage keeps of them: their tensors
+    for the checkpoint and a preview."""
 
-    n_particles: int
+    n_particles: int  # on this process
+    particle_ids: list[int]  # their run-wide indices (checkpoint keys), in order
+    optimizers: list[torch.optim.Optimizer]  # one per particle of this process
 
+    @abstractmethod
     def sample_view(self, step: int) -> View: ...
 
+    @abstractmethod
     def render(self, particle: int, view: View, step: int) -> Rendered: ...
 
+    @abstractmethod
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def optimizer(self, particle: int) -> torch.optim.Optimizer: ...
+    def optimizer(self, particle: int) -> torch.optim.Optimizer:
+        return self.optimizers[particle]
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def preview(self, resolution: int) -> np.ndarray: ...
+
+    def describe(self, step: int) -> str:
+        """Extra text for the progress bar at `step` (the NeRF stage: its render size)."""
+        return ""
+
+
+class Schedule(Protocol):
+    def t_range(self, step: int) -> tuple[int, int]: ...
 
 
 class Distiller(Protocol):
+    """SDS, VSD, L-VSD, L2-VSD, ESD (distill/): the gradient of one step, and what a checkpoint
+    keeps of the distiller (VSD: its score model and that model's optimiser)."""
+
+    schedule: Schedule  # the timestep range at each step (distill/schedule.py)
+
     def __call__(self, x0: torch.Tensor, cond: Conditioning, step: int, *, generator=None) -> DistillOutput: ...
+
+    def state_dict(self) -> DistillerState: ...
+
+    def load_state_dict(self, state: DistillerState) -> None: ...
 
 
 def device_generator(host: torch.Generator, device: torch.device | str) -> torch.Generator:

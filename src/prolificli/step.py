@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 from torch import Tensor
 
 if TYPE_CHECKING:  # for the annotation only: at run time this module imports nothing of the package
-    from prolificli.cameras import Cameras
+    from .cameras import Cameras
 
 
 @dataclass

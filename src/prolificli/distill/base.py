@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from prolificli.step import Conditioning  # noqa: F401  (what every method receives)
+from ..step import Conditioning  # noqa: F401  (what every method receives)
 
 
 def resolved_cfg_scale(guidance) -> float:

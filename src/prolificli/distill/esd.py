@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import ESDConfig, GuidanceConfig, ScoreModelConfig
-from prolificli.distill.score_model import ScoreModel
-from prolificli.distill.vsd import VSD
+from ..config import ESDConfig, GuidanceConfig, ScoreModelConfig
+from .score_model import ScoreModel
+from .vsd import VSD
 
 
 class ESD(VSD):

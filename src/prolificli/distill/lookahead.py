@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from prolificli.config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
-from prolificli.distill.base import grad_norm
-from prolificli.distill.score_model import ScoreModel
-from prolificli.distill.vsd import VSD, lora_loss_log
+from ..config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
+from .base import grad_norm
+from .score_model import ScoreModel
+from .vsd import VSD, lora_loss_log
 
 
 def linear_term(score_model: ScoreModel, direction: dict[str, Tensor], x_t: Tensor, t: Tensor, text_emb: Tensor,

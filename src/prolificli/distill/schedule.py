@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import GuidanceConfig
-from prolificli.distill.base import sample_timesteps
+from ..config import GuidanceConfig
+from .base import sample_timesteps
 
 
 class TimestepSchedule:

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prolificli.config import ConfigError, ScoreModelConfig
-from prolificli.distill.base import sample_noise, sample_timesteps, sample_uniform
-from prolificli.prior.shared_unet import SharedUNet
+from ..config import ConfigError, ScoreModelConfig
+from .base import sample_noise, sample_timesteps, sample_uniform
+from ..prior.shared_unet import SharedUNet
 
 ADAPTER_NAME = "score_model"
 CAMERA_DIM = 16  # c2w.flatten(1)
@@ -73,8 +73,8 @@ def _load_separate_unet(prior, name: str) -> nn.Module:
     """The UNet of another diffusers model (a local directory, or a hub id; see load_local_or_hub)."""
     from diffusers import UNet2DConditionModel
 
-    from prolificli.prior import PriorLoadError
-    from prolificli.prior.loading import load_local_or_hub
+    from ..prior import PriorLoadError
+    from ..prior.loading import load_local_or_hub
 
     def load(source: str, local_files_only: bool) -> nn.Module:
         with warnings.catch_warnings():

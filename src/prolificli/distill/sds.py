@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import GuidanceConfig
-from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
+from ..config import GuidanceConfig
+from .base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
                                      resolved_cfg_scale, surrogate_loss)
-from prolificli.distill.schedule import TimestepSchedule, weight
+from .schedule import TimestepSchedule, weight
 
 
 class SDS:

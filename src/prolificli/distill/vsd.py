@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prolificli.config import GuidanceConfig, ScoreModelConfig
-from prolificli.distill.base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
+from ..config import GuidanceConfig, ScoreModelConfig
+from .base import (Conditioning, DistillerState, DistillOutput, draw_t_and_noise, grad_norm,
                                      resolved_cfg_scale, surrogate_loss)
-from prolificli.distill.schedule import TimestepSchedule, weight
-from prolificli.distill.score_model import ScoreModel
+from .schedule import TimestepSchedule, weight
+from .score_model import ScoreModel
 
 
 def lora_loss_log(losses: list[Tensor]) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prolificli.prior.shared_unet import SharedUNet
+from .shared_unet import SharedUNet
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

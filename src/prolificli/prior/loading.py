@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import torch
 
-from prolificli.config import PriorConfig
-from prolificli.prior.diffusion import DiffusionPrior, ModelSource, PriorLoadError
+from ..config import PriorConfig
+from .diffusion import DiffusionPrior, ModelSource, PriorLoadError
 
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 HUB_PROBE_TIMEOUT_S = 2.0  # one HEAD request: an online hub answers well within it

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from prolificli.config import BackgroundConfig
+from ..config import BackgroundConfig
 
 
 class Background(nn.Module):

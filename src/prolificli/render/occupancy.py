@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from prolificli.config import OccupancyConfig
+from ..config import OccupancyConfig
 
 CELLS_PER_CHUNK = 1 << 18  # density queries per chunk of an update
 

@@ -33,8 +33,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from prolificli.cameras import Cameras
-from prolificli.config import VolumeRenderConfig
+from ..cameras import Cameras
+from ..config import VolumeRenderConfig
+from .occupancy import OccupancyGrid
 
 
 @dataclass
@@ -185,7 +186,7 @@ def sample_pdf(
     return edge_lower + fraction.clamp(0, 1) * (edge_upper - edge_lower)
 
 
-def _density_where_occupied(field: nn.Module, points: Tensor, occupancy) -> Tensor:
+def _density_where_occupied(field: nn.Module, points: Tensor, occupancy: OccupancyGrid | None) -> Tensor:
     """field.density at points [M,3], run only where the grid marks the cell occupied (0 elsewhere)."""
     if occupancy is None:
         return field.density(points)
@@ -205,7 +206,7 @@ def plan_samples(
     *,
     generator: torch.Generator | None = None,
     stratified: bool = True,
-    occupancy=None,
+    occupancy: OccupancyGrid | None = None,
 ) -> RaySamples:
     """Where to evaluate the field along R rays (origins, unit directions [R,3]): packed samples.
 
@@ -277,7 +278,7 @@ def render_rays(
     *,
     generator: torch.Generator | None = None,
     stratified: bool = True,
-    occupancy=None,
+    occupancy: OccupancyGrid | None = None,
 ) -> dict[str, Tensor]:
     """Render R rays (unit directions) in one piece. Returns rgb [R,3] (premultiplied, no
     background), opacity [R,1], depth [R,1]; rays that miss the box get zeros."""
@@ -303,7 +304,7 @@ def render(
     background_color: Tensor | None = None,
     generator: torch.Generator | None = None,
     stratified: bool = True,
-    occupancy=None,
+    occupancy: OccupancyGrid | None = None,
     deferred: bool = False,
 ) -> RenderOutput:
     """Render B cameras to [B,H,W,3] images composited over the background.

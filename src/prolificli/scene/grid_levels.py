@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from prolificli.config import HashGridConfig
+from ..config import HashGridConfig
 
 # tiny-cuda-nn's primes; the first is 1 so that x alone keeps coherent memory access
 HASH_PRIME_Y = 2654435761

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from prolificli.config import HashGridConfig
-from prolificli.scene.grid_levels import HASH_PRIME_Y, HASH_PRIME_Z, GridLevel, grid_levels
+from ..config import HashGridConfig
+from .grid_levels import HASH_PRIME_Y, HASH_PRIME_Z, GridLevel, grid_levels
 
 
 def _as_int32(value: int) -> int:
@@ -173,7 +173,7 @@ class HashGrid(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.table.dtype).clamp(0.0, 1.0)
         if self._use_triton(x):
-            from prolificli.scene.hashgrid_triton import TritonHashGridLookup
+            from .hashgrid_triton import TritonHashGridLookup
 
             return TritonHashGridLookup.apply(x, self.table, self.levels)
         will_backward = torch.is_grad_enabled() and (x.requires_grad or self.table.requires_grad)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from prolificli.scene.grid_levels import GridLevel
+from .grid_levels import GridLevel
 
 BLOCK = 256
 

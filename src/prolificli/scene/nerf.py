@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prolificli.config import FieldConfig, NeRFStageConfig
-from prolificli.render.volume import compositing_weights
-from prolificli.scene.hashgrid import make_hash_grid
+from ..config import FieldConfig, NeRFStageConfig
+from ..render.volume import compositing_weights
+from .hashgrid import make_hash_grid
 
 # ProlificDreamer's object-in-scene initialisation, Sec. 4.2
 OBJECT_INIT = (10.0, 0.5)  # (lambda, r)

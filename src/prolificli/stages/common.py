@@ -5,7 +5,7 @@
     problem, distiller = ...                                              the stage's own part
     result  = optimize_stage(opened, session, problem, distiller, ...)    restore, loop, checkpoint, finish
 
-A stage's `StageProblem` knows its tensors and optimisers; the distiller its own state
+A stage's `optimize.Problem` knows its tensors and optimisers; the distiller its own state
 (`DistillerState`); the checkpoint keys are `artifacts.Keys`.
 """
 
@@ -15,12 +15,10 @@ import dataclasses
 import math
 import shutil
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -33,8 +31,9 @@ from ..distill import Conditioning, DistillerState
 from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
 from ..lock import LOCK_FILE, StageLock, describe_takeover
-from ..optimize import (Interrupted, OptimizationFailed, Rendered, View, deferred_sigint, device_generator,
-                        optimization_step)
+from ..optimize import (Distiller, Interrupted, OptimizationFailed, Problem, View, deferred_sigint,
+                        device_generator, optimization_step)
+from ..prior import DiffusionPrior
 from ..tensorboard_log import TensorBoardLog
 
 
@@ -59,40 +58,6 @@ class Prompter:
                             camera=cameras.embedding().to(self.prior.device),
                             score_text_emb=self.plain_emb.expand(batch, -1, -1))
         return View(cameras=cameras.to(self.prior.device), cond=cond, resolution=resolution)
-
-
-class StageProblem(ABC):
-    """What a stage optimises (optimize.Problem), plus what the stage keeps of it: its tensors,
-    its optimisers (one per particle) and a preview."""
-
-    n_particles: int  # on this process
-    particle_ids: list[int]  # their run-wide indices (checkpoint keys), in order
-    optimizers: list[torch.optim.Optimizer]  # one per particle of this process
-
-    @abstractmethod
-    def sample_view(self, step: int) -> View: ...
-
-    @abstractmethod
-    def render(self, particle: int, view: View, step: int) -> Rendered: ...
-
-    @abstractmethod
-    def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def optimizer(self, particle: int) -> torch.optim.Optimizer:
-        return self.optimizers[particle]
-
-    @abstractmethod
-    def tensors(self) -> dict[str, torch.Tensor]: ...
-
-    @abstractmethod
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
-
-    @abstractmethod
-    def preview(self, resolution: int) -> np.ndarray: ...
-
-    def describe(self, step: int) -> str:
-        """Extra text for the progress bar at `step` (the NeRF stage: its render size)."""
-        return ""
 
 
 @dataclass
@@ -188,7 +153,7 @@ def open_stage(run: RunDir, name: str, recipe: Recipe | None, *, resume: bool = 
 class Session:
     """The processes, the seeded randomness and the prior of one stage run."""
 
-    prior: object
+    prior: DiffusionPrior
     generator: torch.Generator  # every host decision of the loop (cameras, particle, background)
     tensor_generator: torch.Generator  # the step's tensors (see optimize.device_generator)
     world: World = World()  # the processes this run is spread over (a world of one by default)
@@ -227,7 +192,7 @@ class StageResult:
     outputs: list[str]  # relative to the stage directory
 
 
-def restore(checkpoint: Checkpoint, problem: StageProblem, distiller, session: Session) -> dict:
+def restore(checkpoint: Checkpoint, problem: Problem, distiller: Distiller, session: Session) -> dict:
     """Load this rank's particles, their optimisers, the distiller and this rank's generators from
     a checkpoint that any number of processes wrote; what the manifest should say of a change."""
     world = session.world
@@ -251,7 +216,7 @@ def restore(checkpoint: Checkpoint, problem: StageProblem, distiller, session: S
             "rng_fresh_ranks": list(range(written_by, world.size))}
 
 
-def checkpoint_part(problem: StageProblem, session: Session) -> tuple[dict, dict]:
+def checkpoint_part(problem: Problem, session: Session) -> tuple[dict, dict]:
     """This rank's share of a checkpoint: its particles' tensors and optimiser states, its generators."""
     rank = session.world.rank
     tensors = {k: v.detach().cpu() for k, v in problem.tensors().items()}
@@ -262,7 +227,7 @@ def checkpoint_part(problem: StageProblem, session: Session) -> tuple[dict, dict
     return tensors, optimizers
 
 
-def write_checkpoint(stage: StageDir, session: Session, problem: StageProblem, distiller, step: int,
+def write_checkpoint(stage: StageDir, session: Session, problem: Problem, distiller: Distiller, step: int,
                      extra: dict | None) -> int:
     """Every rank's share gathered, rank 0 writes it; every rank returns `step` once it is on disk."""
     world = session.world
@@ -284,7 +249,7 @@ def write_checkpoint(stage: StageDir, session: Session, problem: StageProblem, d
     return step
 
 
-def write_preview(stage: StageDir, problem: StageProblem, resolution: int, step: int,
+def write_preview(stage: StageDir, problem: Problem, resolution: int, step: int,
                   tensorboard: TensorBoardLog | None) -> None:
     image = problem.preview(resolution)
     png = png_bytes(image)
@@ -300,7 +265,7 @@ def progress_bar(console: Console) -> Progress:
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
 
 
-def optimize_stage(opened: OpenedStage, session: Session, problem: StageProblem, distiller, *,
+def optimize_stage(opened: OpenedStage, session: Session, problem: Problem, distiller: Distiller, *,
                    settings: LoopSettings, inputs: list, title: str, console: Console,
                    finalize: Callable[[], list[str]] | None = None, extra: dict | None = None) -> StageResult:
     """The stage's loop, top to bottom: restore from the opened stage's checkpoint (if any), run

@@ -21,16 +21,16 @@ from ..mesh.dmtet import DMTet
 from ..mesh.export import save_ply
 from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
 from ..methods import build_distiller
-from ..optimize import OptimizationFailed, Rendered, View
+from ..optimize import OptimizationFailed, Problem, Rendered, View
 from ..render.mesh import normal_image, render_mesh
 from ..scene.nerf import albedo_across_surface
-from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
+from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
 STAGE = "geometry"
 
 
-class GeometryProblem(StageProblem):
+class GeometryProblem(Problem):
     """One DMTet surface; the prior sees its normal map, or it lit by a fixed light (`shading`)."""
 
     n_particles = 1

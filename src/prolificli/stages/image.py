@@ -18,11 +18,11 @@ import torch
 from ..artifacts import Keys
 from ..config import Recipe
 from ..files import to_uint8, write_png
+from ..optimize import Problem
 from ..step import Conditioning, Rendered, View
-from .common import StageProblem
 
 
-class ImageParticles(StageProblem):
+class ImageParticles(Problem):
     """n images, each with its own Adam optimiser; the `Problem` of a 2D run."""
 
     def __init__(self, recipe: Recipe, prior, prompt: str, generator: torch.Generator):

@@ -19,13 +19,13 @@ from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..distributed import World
 from ..methods import build_distiller
-from ..optimize import Rendered, View
+from ..optimize import Problem, Rendered, View
 from ..prior import DiffusionPrior
 from ..render.background import Background
 from ..render.occupancy import OccupancyGrid
 from ..render.volume import render, use_deferred
 from ..scene.nerf import NeRFField
-from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
+from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .image import ImageParticles
 
 STAGE = "nerf"
@@ -45,7 +45,7 @@ def opaque_weight(recipe: Recipe, step: int) -> float:
     return cfg.lambda_opaque_final if step >= cfg.opaque_start_step else cfg.lambda_opaque
 
 
-class NeRFParticles(StageProblem):
+class NeRFParticles(Problem):
     """n NeRF particles, each with its own field, background and optimiser (Algorithm 1's theta^(i)).
     `particle_ids`: the ones this process holds (a distributed run spreads them over its ranks)."""
 

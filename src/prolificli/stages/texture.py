@@ -20,19 +20,19 @@ from ..config import Recipe
 from ..distributed import World
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
-from ..optimize import Rendered, View
+from ..optimize import Problem, Rendered, View
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
 from ..methods import build_distiller
 from ..outputs import open_latest_mesh
-from .common import LoopSettings, Prompter, StageProblem, StageResult, open_stage, optimize_stage, start_session
+from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
 STAGE = "texture"
 
 
-class TextureProblem(StageProblem):
+class TextureProblem(Problem):
     n_particles = 1
     particle_ids = [0]
 

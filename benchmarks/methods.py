@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 
 from method_tables import TABLE_2D, TABLE_NERF, merge, print_table, summarize_2d, summarize_nerf
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

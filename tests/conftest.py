@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.config import PriorConfig
 
 

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,7 +233,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_p
     assert lines[-1].startswith("error:") and "Traceback" not in result.stderr
     error = lines[-1]
     stage_dir = (out / "nerf").resolve()
-    assert f"cannot write the checkpoint of step 4 (" in error and " MiB) in " in error and str(stage_dir) in error
+    assert "cannot write the checkpoint of step 4 (" in error and " MiB) in " in error and str(stage_dir) in error
     assert "No space left on device" in error and "the checkpoint of step 2 is kept" in error
     assert f"prolific nerf --resume {out.resolve()}" in error
     assert sorted(p.name for p in stage_dir.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]

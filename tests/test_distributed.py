@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.artifacts import load_checkpoint
 from prolificli.lock import LockError, StageLock
 

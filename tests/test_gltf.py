@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from prolificli.cli import app
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 
 pygltflib = pytest.importorskip("pygltflib")
 

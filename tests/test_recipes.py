@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from prolificli.cli import app
-from prolificli.config import PACKAGE_RECIPES, resolve_recipe_path
+from prolificli.recipe_files import PACKAGE_RECIPES, resolve_recipe_path
 from prolificli.methods import build_recipe
 
 

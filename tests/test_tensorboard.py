@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from prolificli.cli import app
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 

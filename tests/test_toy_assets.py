@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.config import PriorConfig, Recipe
 from prolificli.prior import load_prior
 from prolificli.render.background import Background

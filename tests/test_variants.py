@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prolificli.config import PACKAGE_RECIPES
+from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.config import ConfigError, ESDConfig, GuidanceConfig, ScoreModelConfig
 from prolificli.methods import build_recipe
 from prolificli.distill import ESD, LVSD, VSD, ScoreModel

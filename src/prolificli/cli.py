@@ -509,7 +509,7 @@ def batch(
 def recipes_command() -> None:
     """List the recipes a bare --recipe NAME finds: ./recipes/NAME.yaml first, then those shipped
     inside the package."""
-    from .config import recipe_search_dirs, resolve_recipe_path, shipped_recipes
+    from .recipe_files import recipe_search_dirs, resolve_recipe_path, shipped_recipes
 
     for name, description in shipped_recipes().items():
         where = resolve_recipe_path(name)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, GuidanceConfig, Recipe, merge_recipe
+from .config import ConfigError, GuidanceConfig, Recipe
+from .recipe_files import merge_recipe
 
 if TYPE_CHECKING:
     from .distill.score_model import ScoreModel
@@ -135,6 +136,6 @@ def resolve_methods(recipe: Recipe) -> Recipe:
 def build_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
                  base: dict | None = None) -> Recipe:
     """Defaults <- `base` (a previous stage's resolved config) <- recipe file <- each `--set` in
-    order, validated at every layer (config.merge_recipe), then resolved against the method
+    order, validated at every layer (recipe_files.merge_recipe), then resolved against the method
     table, so that the recipe a manifest stores holds plain numbers."""
     return resolve_methods(merge_recipe(recipe, overrides, base=base))

@@ -72,7 +72,7 @@ def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> 
 
 
 def evaluate_run(run_dir: Path, prompt: str) -> list:
-    from prolificli.outputs import open_nerf
+    from prolificli.rundir.outputs import open_nerf
     from prolificli.toyworld.measures import evaluate_particle
     from prolificli.toyworld.scorer import load_scorer
 

@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from prolificli import artifacts
-from prolificli.artifacts import (
-    ArtifactError,
-    RunDir,
-    StageDir,
-    load_checkpoint,
-    save_checkpoint,
-    sha256_file,
-    slugify,
-    write_json_atomic,
-)
+from prolificli.files import write_json_atomic
+from prolificli.rundir import checkpoint as checkpoint_module
+from prolificli.rundir import directory as directory_module
+from prolificli.rundir.checkpoint import load_checkpoint, save_checkpoint
+from prolificli.rundir.directory import ArtifactError, RunDir, StageDir, sha256_file, slugify
 
 # --------------------------------------------------------------------------------------------
 # slugs and atomic writes
@@ -80,7 +74,7 @@ def test_sha256_file(tmp_path):
 
 
 def test_versions_lists_the_stack():
-    info = artifacts.versions()
+    info = directory_module.versions()
     assert set(info) == {"python", "torch", "diffusers", "peft", "prolificli"}
     assert info["torch"] == torch.__version__ and info["prolificli"]
 
@@ -344,7 +338,7 @@ def test_checkpoint_never_unpickles_code(tmp_path, monkeypatch):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(ArtifactError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "checkpoint")
-    assert artifacts.find_checkpoint(tmp_path / "checkpoint") is None
+    assert checkpoint_module.find_checkpoint(tmp_path / "checkpoint") is None
 
 
 @pytest.mark.parametrize("failing_call", [1, 2])
@@ -402,16 +396,16 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_partial_one(tmp_path:
 
     directory = tmp_path / "checkpoint"
     weights = {"w": torch.zeros(256, 1024)}  # 1 MiB of float32
-    artifacts.save_checkpoint(directory, 1, {"w": torch.ones(4)}, {})
+    checkpoint_module.save_checkpoint(directory, 1, {"w": torch.ones(4)}, {})
 
     def no_space(obj, path, *args, **kwargs):
         Path(path).write_bytes(b"\0" * 100)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(artifacts.torch, "save", no_space)
-    with pytest.raises(artifacts.CheckpointWriteError) as info:
-        artifacts.save_checkpoint(directory, 2, weights, {"opt": {"state": {0: {"m": torch.zeros(256, 1024)}}}})
+    monkeypatch.setattr(checkpoint_module.torch, "save", no_space)
+    with pytest.raises(checkpoint_module.CheckpointWriteError) as info:
+        checkpoint_module.save_checkpoint(directory, 2, weights, {"opt": {"state": {0: {"m": torch.zeros(256, 1024)}}}})
     message = str(info.value)
     assert "\n" not in message and "step 2 (2.0 MiB)" in message and "No space left on device" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
-    assert artifacts.load_checkpoint(directory).step == 1
+    assert checkpoint_module.load_checkpoint(directory).step == 1

@@ -214,8 +214,8 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_p
     half-written one left, and --resume completes once the disk has room."""
     import safetensors.torch
 
-    import prolificli.artifacts as artifacts
-    from prolificli.artifacts import load_checkpoint
+    import prolificli.rundir.checkpoint as checkpoint
+    from prolificli.rundir.checkpoint import load_checkpoint
 
     real_save_file = safetensors.torch.save_file
 
@@ -225,7 +225,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_p
             raise safetensors.SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
         return real_save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(artifacts, "save_file", disk_full_at_step_4)
+    monkeypatch.setattr(checkpoint, "save_file", disk_full_at_step_4)
     out = tmp_path / "run"
     result = invoke(*nerf_args(tiny_model_dir, out))
     assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
@@ -240,7 +240,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_p
     assert load_checkpoint(stage_dir / "checkpoint").step == 2
     assert json.loads((stage_dir / "manifest.json").read_text())["status"] == "failed"
 
-    monkeypatch.setattr(artifacts, "save_file", real_save_file)  # room again
+    monkeypatch.setattr(checkpoint, "save_file", real_save_file)  # room again
     result = invoke("nerf", "--resume", str(out))
     assert result.exit_code == 0, (result.stderr, result.exception)
     manifest = json.loads((stage_dir / "manifest.json").read_text())

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from prolificli.recipe_files import PACKAGE_RECIPES
-from prolificli.artifacts import load_checkpoint
-from prolificli.lock import LockError, StageLock
+from prolificli.rundir.checkpoint import load_checkpoint
+from prolificli.rundir.lock import LockError, StageLock
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")

@@ -10,10 +10,10 @@ import torch
 import trimesh
 from typer.testing import CliRunner
 
-from prolificli.artifacts import ArtifactError
+from prolificli.rundir.directory import ArtifactError
 from prolificli.cli import app
 from prolificli.config import ExtractConfig, Recipe, VolumeRenderConfig
-from prolificli.outputs import open_mesh
+from prolificli.rundir.outputs import open_mesh
 from prolificli.surface import extract_surface
 from prolificli.toyworld.shapes import SCALE, ToyObject, ToyObjectField, ground_truth_mesh, signed_distance
 

@@ -130,7 +130,7 @@ def test_glb_up_is_the_turntables_up(tiny_model_dir, tmp_path):
            PACKAGE_RECIPES / "tiny.yaml", "--set", f"prior.model={tiny_model_dir}", "--steps", "1",
            "--set", "texture.texture_size=32")
 
-    from prolificli.artifacts import RunDir
+    from prolificli.rundir.directory import RunDir
     from prolificli.cameras import orbit_cameras
     from prolificli.evaluation.frames import render_all, renderer
 

@@ -41,7 +41,7 @@ def test_image_particles_round_trip_through_their_tensors(tiny_prior):
 
 
 def test_2d_run_writes_its_images_and_the_mesh_stages_refuse_it(tiny_pixel_model_dir, tmp_path):
-    from prolificli.outputs import open_images
+    from prolificli.rundir.outputs import open_images
 
     out = tmp_path / "flat"
     result = invoke("nerf", "a pineapple", "--recipe", TINY_RECIPE, "--model", str(tiny_pixel_model_dir), "--out",

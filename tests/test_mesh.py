@@ -167,15 +167,15 @@ def test_dmtet_at_the_papers_resolutions_extracts_a_fine_watertight_sphere(resol
 
 def test_an_extract_checkpoint_from_before_the_key_scheme_reads_like_a_new_one():
     """0.1.0 saved extract's DMTet without the "dmtet." prefix that geometry used; both read the same."""
-    from prolificli.artifacts import Keys
+    from prolificli.rundir.checkpoint import CheckpointKeys
     from prolificli.mesh.dmtet import DMTet
     from prolificli.mesh.tets import TetGrid
-    from prolificli.outputs import dmtet_tensors
+    from prolificli.rundir.outputs import dmtet_tensors
 
     grid = TetGrid.cube(8, 0.6)
     dmtet = DMTet(grid, grid.vertices().norm(dim=-1) - 0.3)
     old = dmtet.tensors()
-    new = {Keys.DMTET + name: value for name, value in old.items()}
+    new = {CheckpointKeys.DMTET + name: value for name, value in old.items()}
     extra = {"rng.generator": torch.zeros(3, dtype=torch.uint8)}
     for stored in (old, new):
         again = DMTet.from_tensors(dmtet_tensors({**stored, **extra}))

@@ -11,7 +11,7 @@ import trimesh
 from typer.testing import CliRunner
 
 from prolificli.recipe_files import PACKAGE_RECIPES
-from prolificli.artifacts import load_checkpoint
+from prolificli.rundir.checkpoint import load_checkpoint
 from prolificli.cli import app
 
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")

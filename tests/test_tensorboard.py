@@ -51,7 +51,7 @@ def test_nerf_stage_writes_its_metrics_and_previews_to_tensorboard(tiny_model_di
 
 def test_a_resumed_stage_replaces_the_steps_it_redoes(tmp_path):
     """purge_step: the events an interrupted attempt logged after its checkpoint are dropped."""
-    from prolificli.tensorboard_log import TensorBoardLog
+    from prolificli.rundir.tensorboard_log import TensorBoardLog
 
     first = TensorBoardLog(tmp_path)
     for step in range(1, 6):

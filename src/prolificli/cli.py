@@ -59,10 +59,10 @@ def on_one_process(name: str) -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose message is meant for the user as is (imported lazily: torch is slow to load)."""
-    from .artifacts import ArtifactError
+    from .rundir.directory import ArtifactError
     from .config import ConfigError
     from .distributed import DistributedError
-    from .lock import LockError
+    from .rundir.lock import LockError
     from .prior import PriorLoadError
 
     return ConfigError, ArtifactError, PriorLoadError, DistributedError, LockError
@@ -145,7 +145,7 @@ def nerf(
 
     With --set scene.representation=image (the toy-2d recipe) each particle is a 2D image in the prior's space instead, written to RUN/nerf/images/: the 2D mode for comparing methods.
     """
-    from .artifacts import slugify
+    from .rundir.directory import slugify
 
     if resume is not None:
         given = [name for name, value in {"--recipe": recipe, "--set": overrides or None, "--method": method,
@@ -177,7 +177,7 @@ def flag_overrides(values: dict[str, object]) -> list[str]:
 def require_extras(recipe) -> None:
     """Fail before any work when the recipe asks for an optional extra that is not installed."""
     if recipe.log.tensorboard:
-        from .tensorboard_log import require_tensorboard
+        from .rundir.tensorboard_log import require_tensorboard
 
         require_tensorboard()
 
@@ -187,7 +187,7 @@ def run_stage(name: str, run: Path, make_recipe, *, prompt: str | None = None, r
     """What every optimisation stage's command does: resolve the recipe, run the stage (STAGES[name],
     joining a torchrun's processes when the stage spreads over them), report (the run directory,
     or a JSON summary) and turn failures into one line and an exit code."""
-    from .artifacts import CheckpointWriteError
+    from .rundir.checkpoint import CheckpointWriteError
     from .distributed import DistributedError, World, join, leave
     from .mesh.mesh import MeshError
     from .optimize import Interrupted, OptimizationFailed
@@ -246,7 +246,7 @@ def run_dir_argument(run: Optional[Path]) -> Path:
 def stage_recipe(run: Path, recipe: Optional[str], overrides: list[str], *, new_run: bool = False):
     """The run's own resolved recipe (outputs.run_recipe) <- --recipe <- --set; a `new_run` (a mesh
     textured from scratch) starts from the defaults."""
-    from .outputs import run_recipe
+    from .rundir.outputs import run_recipe
 
     return build_recipe(recipe, overrides, base=None if new_run else run_recipe(run))
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError
+from .rundir.directory import ArtifactError
 from .cameras import evaluation_orbit
 from .config import ExtractConfig, Recipe, VolumeRenderConfig
 from .mesh.dmtet import DMTet

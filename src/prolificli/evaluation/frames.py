@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..artifacts import ArtifactError, RunDir
+from ..rundir.directory import ArtifactError, RunDir
 from ..cameras import Cameras
 from ..config import MeshRenderConfig
 from ..mesh.mesh import Mesh
@@ -109,7 +109,7 @@ def _concat(parts: list[Frames]) -> Frames:
 
 def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
     """Open a stage's artifact once; the returned function renders it from any cameras."""
-    from ..outputs import NerfArtifact, TexturedArtifact, open_artifact
+    from ..rundir.outputs import NerfArtifact, TexturedArtifact, open_artifact
 
     run.stage(stage).require_complete(stage)
     artifact = open_artifact(run, stage)

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 import trimesh
 
-from ..artifacts import RunDir
+from ..rundir.directory import RunDir
 from ..mesh.mesh import Mesh
 
 LATTICE = 64
 
 
 def surface_of(run: RunDir, stage: str, particle: int = 0) -> Mesh:
-    from ..outputs import open_mesh, open_nerf, open_textured
+    from ..rundir.outputs import open_mesh, open_nerf, open_textured
 
     if stage == "texture":
         return open_textured(run).mesh

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..artifacts import ArtifactError, RunDir, slugify
+from ..rundir.directory import ArtifactError, RunDir, slugify
 from ..config import ConfigError, Recipe
 from ..distributed import World
 from ..files import write_json_atomic
-from ..lock import LockError
+from ..rundir.lock import LockError
 from ..mesh.mesh import MeshError
 from ..methods import build_recipe
 from ..optimize import Interrupted, OptimizationFailed
-from ..outputs import run_recipe
+from ..rundir.outputs import run_recipe
 from ..prior import PriorLoadError
 from . import STAGES
 

@@ -6,7 +6,7 @@
     result  = optimize_stage(opened, session, problem, distiller, ...)    restore, loop, checkpoint, finish
 
 A stage's `optimize.Problem` knows its tensors and optimisers; the distiller its own state
-(`DistillerState`); the checkpoint keys are `artifacts.Keys`.
+(`DistillerState`); the checkpoint keys are `rundir.checkpoint.CheckpointKeys`.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..artifacts import (ArtifactError, Checkpoint, CheckpointWriteError, Keys, RunDir, StageDir, find_checkpoint,
-                         load_checkpoint, prefixed, save_checkpoint)
+from ..rundir.checkpoint import Checkpoint, CheckpointKeys, CheckpointWriteError, find_checkpoint, load_checkpoint, prefixed, save_checkpoint
+from ..rundir.directory import ArtifactError, RunDir, StageDir
 from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
 from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
-from ..lock import LOCK_FILE, StageLock, describe_takeover
+from ..rundir.lock import LOCK_FILE, StageLock, describe_takeover
 from ..optimize import (Distiller, Interrupted, OptimizationFailed, Problem, View, deferred_sigint,
                         device_generator, optimization_step)
 from ..prior import DiffusionPrior
-from ..tensorboard_log import TensorBoardLog
+from ..rundir.tensorboard_log import TensorBoardLog
 
 
 class Prompter:
@@ -198,13 +198,13 @@ def restore(checkpoint: Checkpoint, problem: Problem, distiller: Distiller, sess
     world = session.world
     problem.load_tensors(checkpoint.tensors)
     for pid, optimizer in zip(problem.particle_ids, problem.optimizers):
-        optimizer.load_state_dict(checkpoint.optimizer_states[Keys.optimizer(pid)])
-    distiller.load_state_dict(DistillerState(prefixed(checkpoint.tensors, Keys.DISTILLER),
-                                             checkpoint.optimizer_states.get(Keys.DISTILLER_OPTIMIZER)))
+        optimizer.load_state_dict(checkpoint.optimizer_states[CheckpointKeys.particle_optimizer(pid)])
+    distiller.load_state_dict(DistillerState(prefixed(checkpoint.tensors, CheckpointKeys.DISTILLER),
+                                             checkpoint.optimizer_states.get(CheckpointKeys.DISTILLER_OPTIMIZER)))
     written_by = int(checkpoint.extra.get("processes", 1))
-    if Keys.generator(world.rank) in checkpoint.tensors:
-        session.generator.set_state(checkpoint.tensors[Keys.generator(world.rank)])
-        key = Keys.tensor_generator(world.rank)
+    if CheckpointKeys.generator(world.rank) in checkpoint.tensors:
+        session.generator.set_state(checkpoint.tensors[CheckpointKeys.generator(world.rank)])
+        key = CheckpointKeys.tensor_generator(world.rank)
         if session.tensor_generator is not session.generator and key in checkpoint.tensors:
             session.tensor_generator.set_state(checkpoint.tensors[key])  # else: a CPU run resumed on a GPU
     if written_by == world.size:
@@ -220,10 +220,10 @@ def checkpoint_part(problem: Problem, session: Session) -> tuple[dict, dict]:
     """This rank's share of a checkpoint: its particles' tensors and optimiser states, its generators."""
     rank = session.world.rank
     tensors = {k: v.detach().cpu() for k, v in problem.tensors().items()}
-    tensors[Keys.generator(rank)] = session.generator.get_state()
+    tensors[CheckpointKeys.generator(rank)] = session.generator.get_state()
     if session.tensor_generator is not session.generator:
-        tensors[Keys.tensor_generator(rank)] = session.tensor_generator.get_state().cpu()
-    optimizers = {Keys.optimizer(pid): opt.state_dict() for pid, opt in zip(problem.particle_ids, problem.optimizers)}
+        tensors[CheckpointKeys.tensor_generator(rank)] = session.tensor_generator.get_state().cpu()
+    optimizers = {CheckpointKeys.particle_optimizer(pid): opt.state_dict() for pid, opt in zip(problem.particle_ids, problem.optimizers)}
     return tensors, optimizers
 
 
@@ -239,9 +239,9 @@ def write_checkpoint(stage: StageDir, session: Session, problem: Problem, distil
         for part_tensors, part_optimizers in parts:
             tensors.update(part_tensors)
             optimizer_states.update(part_optimizers)
-        tensors.update({Keys.DISTILLER + k: v for k, v in state.tensors.items()})
+        tensors.update({CheckpointKeys.DISTILLER + k: v for k, v in state.tensors.items()})
         if state.optimizer is not None:
-            optimizer_states[Keys.DISTILLER_OPTIMIZER] = state.optimizer
+            optimizer_states[CheckpointKeys.DISTILLER_OPTIMIZER] = state.optimizer
         save_checkpoint(stage.checkpoint_dir, step, tensors, optimizer_states,
                         extra={"stage": stage.name, "processes": world.size, **(extra or {})})
         stage.progress(step, force=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..artifacts import RunDir
+from ..rundir.directory import RunDir
 from ..files import to_uint8, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
 from ..config import ConfigError, stored_recipe
@@ -65,7 +65,7 @@ def describe(run: RunDir, stage: str, label: str) -> dict:
 
 def textured_glb(run: RunDir) -> bytes | None:
     """The run's textured GLB, for the report's 3D viewer, when its texture stage is complete."""
-    from ..outputs import open_textured
+    from ..rundir.outputs import open_textured
 
     return open_textured(run).glb.read_bytes() if "texture" in complete_stages(run) else None
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..artifacts import ArtifactError, Keys, RunDir, save_checkpoint
+from ..rundir.checkpoint import CheckpointKeys, save_checkpoint
+from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe, to_dict
 from ..distributed import World
 from ..files import write_png
@@ -51,7 +52,7 @@ def run(run_dir: Path, recipe: Recipe, *, prompt: str | None = None, resume: boo
 
 
 def _extract(opened, recipe: Recipe, console: Console) -> ExtractResult:
-    from ..outputs import open_nerf
+    from ..rundir.outputs import open_nerf
 
     run, stage = opened.run, opened.stage
     nerf = open_nerf(run)
@@ -67,7 +68,7 @@ def _extract(opened, recipe: Recipe, console: Console) -> ExtractResult:
                                       nerf_recipe.nerf.render)
         if len(surface.mesh.faces) == 0:
             raise ArtifactError("the extracted mesh is empty after removing small pieces; lower --threshold")
-        tensors = {Keys.DMTET + name: value for name, value in surface.dmtet.tensors().items()}
+        tensors = {CheckpointKeys.DMTET + name: value for name, value in surface.dmtet.tensors().items()}
         save_checkpoint(stage.checkpoint_dir, 0, tensors, {},
                         extra={"stage": STAGE, "particle": k, "threshold": surface.threshold})
         mesh_path = save_ply(surface.mesh, stage.path / "mesh.ply")

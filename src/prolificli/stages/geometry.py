@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, Keys, RunDir, prefixed
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe
 from ..distributed import World
 from ..mesh.dmtet import DMTet
@@ -102,10 +103,10 @@ class GeometryProblem(Problem):
                       "faces": len(self.mesh.faces)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {Keys.DMTET + k: v for k, v in self.dmtet.tensors().items()}
+        return {CheckpointKeys.DMTET + k: v for k, v in self.dmtet.tensors().items()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        state = prefixed(tensors, Keys.DMTET)
+        state = prefixed(tensors, CheckpointKeys.DMTET)
         with torch.no_grad():
             self.dmtet.sdf.copy_(state["sdf"])
             self.dmtet.deformation.copy_(state["deformation"])
@@ -123,7 +124,7 @@ class GeometryProblem(Problem):
 def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,
         force: bool = False, console: Console | None = None, prior=None, world: World = World()) -> StageResult:
     """Refine the run's extracted mesh (the stage contract: see stages/__init__.py; one process)."""
-    from ..outputs import open_mesh, open_nerf
+    from ..rundir.outputs import open_mesh, open_nerf
 
     console = console or Console(stderr=True)
     if world.active:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts import Keys
+from ..rundir.checkpoint import CheckpointKeys
 from ..config import Recipe
 from ..files import to_uint8, write_png
 from ..optimize import Problem
@@ -56,12 +56,12 @@ class ImageParticles(Problem):
         return torch.zeros((), device=rendered.image.device), {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {Keys.particle(i) + "image": image.detach() for i, image in enumerate(self.images)}
+        return {CheckpointKeys.particle(i) + "image": image.detach() for i, image in enumerate(self.images)}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for i, image in enumerate(self.images):
-                image.copy_(tensors[Keys.particle(i) + "image"])
+                image.copy_(tensors[CheckpointKeys.particle(i) + "image"])
 
     @torch.no_grad()
     def rgb(self) -> torch.Tensor:

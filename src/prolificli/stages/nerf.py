@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, Keys, RunDir, prefixed
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..distributed import World
@@ -124,7 +125,7 @@ class NeRFParticles(Problem):
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         for i, field, background, grid in zip(self.particle_ids, self.fields, self.backgrounds, self.grids):
-            part = Keys.particle(i)
+            part = CheckpointKeys.particle(i)
             out.update({f"{part}field.{k}": v for k, v in field.state_dict().items()})
             out.update({f"{part}background.{k}": v for k, v in background.state_dict().items()})
             if grid is not None:
@@ -133,7 +134,7 @@ class NeRFParticles(Problem):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, field, background, grid in zip(self.particle_ids, self.fields, self.backgrounds, self.grids):
-            part = Keys.particle(i)
+            part = CheckpointKeys.particle(i)
             field.load_state_dict(prefixed(tensors, part + "field."))
             background.load_state_dict(prefixed(tensors, part + "background."))
             grid_state = prefixed(tensors, part + "occupancy.")

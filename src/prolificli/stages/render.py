@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..artifacts import RunDir
+from ..rundir.directory import RunDir
 from ..cameras import orbit_cameras
 from ..config import ConfigError, stored_recipe
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifacts import ArtifactError, Keys, RunDir, prefixed
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe
 from ..distributed import World
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
@@ -25,7 +26,7 @@ from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
 from ..scene.texture import TextureField
 from ..methods import build_distiller
-from ..outputs import open_latest_mesh
+from ..rundir.outputs import open_latest_mesh
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
@@ -67,13 +68,13 @@ class TextureProblem(Problem):
         return rendered.image.new_zeros(()), {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {Keys.FIELD + k: v for k, v in self.field.state_dict().items()}
-        out.update({Keys.BACKGROUND + k: v for k, v in self.background.state_dict().items()})
+        out = {CheckpointKeys.FIELD + k: v for k, v in self.field.state_dict().items()}
+        out.update({CheckpointKeys.BACKGROUND + k: v for k, v in self.background.state_dict().items()})
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.field.load_state_dict(prefixed(tensors, Keys.FIELD))
-        self.background.load_state_dict(prefixed(tensors, Keys.BACKGROUND))
+        self.field.load_state_dict(prefixed(tensors, CheckpointKeys.FIELD))
+        self.background.load_state_dict(prefixed(tensors, CheckpointKeys.BACKGROUND))
 
     def preview(self, resolution: int) -> np.ndarray:
         return preview_grid(self.mesh, self.recipe, resolution=resolution, color_fn=self.field)

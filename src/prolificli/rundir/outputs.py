@@ -1,7 +1,7 @@
 """Opening what the stages wrote: one function per kind of artifact, each returning a typed one.
 
 Every reader of a run goes through here (as nerfstudio's `eval_setup`): the mesh stages, `render`
-and `eval` alike. A stage must be complete to be opened; the checkpoint keys are `artifacts.Keys`.
+and `eval` alike. A stage must be complete to be opened; the checkpoint keys are `CheckpointKeys`.
 
     open_nerf(run)            NerfArtifact      the NeRF particles (field, background) and the recipe
     open_images(run)          ImageArtifact     a 2D run's particles, in the prior's space
@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, Keys, RunDir, load_checkpoint, prefixed
-from .config import Recipe, stored_recipe
-from .mesh.dmtet import DMTet
-from .mesh.export import load_glb, load_ply
-from .mesh.mesh import Mesh, fit_to_object_box
-from .render.background import Background
-from .scene.nerf import NeRFField
+from ..config import Recipe, stored_recipe
+from ..mesh.dmtet import DMTet
+from ..mesh.export import load_glb, load_ply
+from ..mesh.mesh import Mesh, fit_to_object_box
+from ..render.background import Background
+from ..scene.nerf import NeRFField
+from .checkpoint import CheckpointKeys, load_checkpoint, prefixed
+from .directory import ArtifactError, RunDir
 
 MESH_STAGES = ("extract", "geometry")
 
@@ -52,7 +53,7 @@ class ImageArtifact:
 
     def decode(self) -> Tensor:
         """The particles [n,3,H,W] in [0,1], decoded by the run's prior."""
-        from .prior import load_prior
+        from ..prior import load_prior
 
         with torch.no_grad():
             return load_prior(self.recipe.prior).decode(self.x0).cpu()
@@ -107,22 +108,22 @@ def open_nerf(run: RunDir | Path, device: str | torch.device = "cpu") -> NerfArt
     particles = []
     for i in range(recipe.nerf.particles):
         field, background = NeRFField(recipe.nerf.field), Background(recipe.nerf.background)
-        field.load_state_dict(prefixed(tensors, Keys.particle(i) + "field."))
-        background.load_state_dict(prefixed(tensors, Keys.particle(i) + "background."))
+        field.load_state_dict(prefixed(tensors, CheckpointKeys.particle(i) + "field."))
+        background.load_state_dict(prefixed(tensors, CheckpointKeys.particle(i) + "background."))
         particles.append((field.to(device).eval(), background.to(device).eval()))
     return NerfArtifact(path, recipe, particles)
 
 
 def open_images(run: RunDir | Path) -> ImageArtifact:
     recipe, tensors, path = _nerf_stage(run, "image")
-    x0 = torch.stack([tensors[Keys.particle(i) + "image"] for i in range(recipe.nerf.particles)])
+    x0 = torch.stack([tensors[CheckpointKeys.particle(i) + "image"] for i in range(recipe.nerf.particles)])
     return ImageArtifact(path, recipe, x0)
 
 
 def dmtet_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """A mesh stage's DMTet tensors. Extract checkpoints written by 0.1.0 before issue 13 keep
     them without the "dmtet." prefix; they read the same."""
-    state = prefixed(tensors, Keys.DMTET)
+    state = prefixed(tensors, CheckpointKeys.DMTET)
     return state if state or "sdf" not in tensors else tensors
 
 

@@ -1,4 +1,4 @@
-"""The on-disk artifact contract: run directories, stage manifests, metrics and checkpoints.
+"""The on-disk artifact contract: run directories, stage manifests and metrics (checkpoints: checkpoint.py).
 
     runs/<slug>/run.json                 prompt, seed, recipe, created, prolificli version
     runs/<slug>/<stage>/manifest.json    status, step/steps, resolved config, inputs, outputs, versions, timings
@@ -19,33 +19,24 @@ import json
 import os
 import platform
 import re
-import shutil
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .files import fsync_dir, write_bytes_atomic, write_json_atomic
+from .. import __version__
+from ..files import write_bytes_atomic, write_json_atomic
 
 STATUSES = ("running", "interrupted", "complete", "failed")
-WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "weights.safetensors", "optimizer.pt", "state.json"
 
 
 class ArtifactError(Exception):
     """A run directory, stage or checkpoint that cannot be used; the message is shown to the user as is."""
-
-
-class CheckpointWriteError(Exception):
-    """A checkpoint could not be written (a full disk, say); nothing of it is left, and the one
-    before it is untouched. The message is one line, shown to the user as is."""
 
 
 def slugify(prompt: str, max_len: int = 60) -> str:
@@ -62,7 +53,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     """Relative to the working directory when under it, so messages read 'runs/x/nerf'."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
@@ -74,9 +65,9 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{what} {_display(path)} is unreadable: {exc}") from None
+        raise ArtifactError(f"{what} {display_path(path)} is unreadable: {exc}") from None
     if not isinstance(data, dict):
-        raise ArtifactError(f"{what} {_display(path)} is unreadable: expected a JSON object")
+        raise ArtifactError(f"{what} {display_path(path)} is unreadable: expected a JSON object")
     return data
 
 
@@ -129,17 +120,17 @@ class RunDir:
         """A new run directory, or the existing one when it holds a run of the same prompt."""
         run = cls(Path(path))
         if run.path.exists() and not run.path.is_dir():
-            raise ArtifactError(f"{_display(run.path)} is a file, not a run directory")
+            raise ArtifactError(f"{display_path(run.path)} is a file, not a run directory")
         if (run.path / "run.json").exists():
             existing = run.info.get("prompt")
             if existing != prompt:
-                raise ArtifactError(f"{_display(run.path)} already holds a run for the prompt {existing!r}; "
+                raise ArtifactError(f"{display_path(run.path)} already holds a run for the prompt {existing!r}; "
                                     "choose another output directory or delete it")
             if not exist_ok_same_prompt:
-                raise ArtifactError(f"{_display(run.path)} already exists; resume it with --resume or delete it")
+                raise ArtifactError(f"{display_path(run.path)} already exists; resume it with --resume or delete it")
             return run
         if run.path.is_dir() and any(run.path.iterdir()):
-            raise ArtifactError(f"{_display(run.path)} is not empty and is not a prolificli run (no run.json); "
+            raise ArtifactError(f"{display_path(run.path)} is not empty and is not a prolificli run (no run.json); "
                                 "choose another output directory")
         run.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.path / "run.json", {"prompt": prompt, "seed": seed, "recipe": recipe_name,
@@ -150,7 +141,7 @@ class RunDir:
     def open(cls, path: Path | str) -> RunDir:
         run = cls(Path(path))
         if not (run.path / "run.json").is_file():
-            raise ArtifactError(f"{_display(run.path)} is not a prolificli run directory (no run.json)")
+            raise ArtifactError(f"{display_path(run.path)} is not a prolificli run directory (no run.json)")
         run.info  # noqa: B018 -- fail now on an unreadable run.json, not later
         return run
 
@@ -276,7 +267,7 @@ class StageDir:
 
     def require_complete(self, expected_stage: str) -> dict:
         """The manifest of a finished stage of the expected kind, or an ArtifactError saying what to do."""
-        where = _display(self.path)
+        where = display_path(self.path)
         manifest = self.manifest
         if manifest is None:
             raise ArtifactError(f"{where} has no manifest.json; run `prolific {expected_stage}` first")
@@ -287,158 +278,13 @@ class StageDir:
             raise ArtifactError(
                 f"{where} is not complete (status: {manifest.get('status')} at step "
                 f"{manifest.get('step')}/{manifest.get('steps')}); finish it with "
-                f"`prolific {expected_stage} --resume {_display(self.path.parent)}`")
+                f"`prolific {expected_stage} --resume {display_path(self.path.parent)}`")
         return manifest
 
 
 def _plain_config(config: Any) -> dict:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        from .config import to_dict
+        from ..config import to_dict
 
         config = to_dict(config)
     return json.loads(json.dumps(config))  # fails early on anything JSON cannot hold; tuples -> lists
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    step: int
-    tensors: dict[str, torch.Tensor]
-    optimizer_states: dict[str, dict]
-    extra: dict = field(default_factory=dict)
-    path: Path | None = None
-
-
-def save_checkpoint(directory: Path | str, step: int, tensors: dict[str, torch.Tensor],
-                    optimizer_states: dict[str, dict], extra: dict | None = None) -> Path:
-    """Write a checkpoint and swap it in whole. Tensors (weights; RNG states as uint8 tensors) go to
-    safetensors, optimizer state_dicts to a weights_only-loadable .pt, `extra` (JSON) to state.json.
-    Crash safety: write `<dir>.tmp-<pid>/`, rename `<dir>` -> `<dir>.old`, rename the new one in,
-    delete the old one; at every instant `<dir>` or `<dir>.old` is complete."""
-    directory = Path(directory).resolve()
-    old = directory.with_name(directory.name + ".old")
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a save that was cut off
-        shutil.rmtree(stale, ignore_errors=True)
-    weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    try:
-        tmp.mkdir(parents=True)
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"step": str(step)})
-        torch.save(optimizer_states, tmp / OPTIMIZER_FILE)
-        files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
-        # state.json is written last and lists the hashes: a checkpoint is only as valid as its state file
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "extra": extra or {}, "files": files}, indent=2))
-        for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
-            with open(tmp / name, "rb+") as f:
-                os.fsync(f.fileno())
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back for the manifest
-        # safetensors reports a write error as SafetensorError, torch.save as RuntimeError
-        if isinstance(exc, (OSError, SafetensorError, RuntimeError)):
-            size = (_nbytes(weights) + _nbytes(optimizer_states)) / 2**20
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointWriteError(f"cannot write the checkpoint of step {step} ({size:.1f} MiB) in "
-                                       f"{_display(directory.parent)}: {reason}") from None
-        raise
-    fsync_dir(tmp)
-    if directory.exists():
-        if old.exists():  # left by a crash after the new one was already in place
-            shutil.rmtree(old)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    fsync_dir(directory.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
-
-
-def _nbytes(value: Any) -> int:
-    """Bytes of the tensors in a (nested) checkpoint part."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
-def find_checkpoint(directory: Path | str) -> Path | None:
-    """The complete checkpoint to resume from: `<dir>`, or `<dir>.old` when a save was cut off mid-swap."""
-    directory = Path(directory).resolve()
-    for candidate in (directory, directory.with_name(directory.name + ".old")):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    return None
-
-
-def load_checkpoint(directory: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
-    directory = Path(directory).resolve()
-    found = find_checkpoint(directory)
-    if found is None:
-        if directory.exists():
-            raise ArtifactError(f"checkpoint at {_display(directory)} is corrupt or incomplete: no {STATE_FILE}; "
-                                "delete it to start over")
-        raise ArtifactError(f"no checkpoint at {_display(directory)}")
-
-    def corrupt(reason: str) -> ArtifactError:
-        return ArtifactError(f"checkpoint at {_display(found)} is corrupt or incomplete: {reason}; "
-                             "delete it to start over")
-
-    try:
-        state = json.loads((found / STATE_FILE).read_text(encoding="utf-8"))
-        step, extra, files = int(state["step"]), dict(state["extra"]), dict(state["files"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise corrupt(f"{STATE_FILE} unreadable ({exc})") from None
-    for name, expected in files.items():
-        if not (found / name).is_file():
-            raise corrupt(f"{name} is missing")
-        if sha256_file(found / name) != expected:
-            raise corrupt(f"{name} does not match its recorded hash")
-    try:
-        tensors = load_file(str(found / WEIGHTS_FILE), device=str(map_location))
-        optimizer_states = torch.load(found / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any parse failure of a damaged file is the user's "corrupt" case
-        raise corrupt(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return Checkpoint(step=step, tensors=tensors, optimizer_states=optimizer_states, extra=extra, path=found)
-
-
-class Keys:
-    """The checkpoint key scheme of every stage: a part's tensors are its own state_dict keys
-    under "<part>.", and its optimiser's state sits under the part's name. Stages write with
-    these names and `outputs.py` reads with them; nothing else spells a key."""
-
-    DMTET = "dmtet."  # extract, geometry: the DMTet SDF, deformation and tet grid
-    FIELD = "field."  # texture: the texture field
-    BACKGROUND = "background."  # texture: its background
-    DISTILLER = "distiller."  # the distiller's own tensors (VSD: the score model's LoRA and camera MLP)
-    GENERATOR = "rng.generator"  # the host generator's state (every draw of the loop)
-    TENSOR_GENERATOR = "rng.tensor_generator"  # the accelerator's generator, when it is a separate one
-    DISTILLER_OPTIMIZER = "distiller"  # the distiller's optimiser state
-
-    @staticmethod
-    def particle(i: int) -> str:
-        """NeRF stage: particle i's parts, + "field.", "background.", "occupancy." or "image"."""
-        return f"particle{i}."
-
-    @staticmethod
-    def generator(rank: int) -> str:
-        """Rank `rank`'s host generator (rank 0's is GENERATOR, as in a run of one process)."""
-        return Keys.GENERATOR if rank == 0 else f"rng.rank{rank}.generator"
-
-    @staticmethod
-    def tensor_generator(rank: int) -> str:
-        return Keys.TENSOR_GENERATOR if rank == 0 else f"rng.rank{rank}.tensor_generator"
-
-    @staticmethod
-    def optimizer(i: int) -> str:
-        """The optimiser state of the problem's i-th optimiser."""
-        return f"particle{i}"
-
-
-def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors whose key starts with `prefix`, with it removed (one part of a checkpoint)."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError
+from ..config import ConfigError
 
 INSTALL_HINT = "pip install 'prolificli[tensorboard]'"
 TB_DIR = "tb"

@@ -12,34 +12,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from prolificli.recipe_files import PACKAGE_RECIPES
-from prolificli.cli import app
+from helpers import TINY_RECIPE, assert_one_line_error, invoke, nerf_args
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    # progress/log lines may come first; the error is the last line, and the only one
-    assert lines and lines[-1].startswith("error:"), result.stderr
-    assert sum(line.startswith("error:") for line in lines) == 1
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    text = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in text, text
-
-
-def nerf_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["nerf", "an elephant skull", "--model", str(model_dir), "--recipe", TINY_RECIPE, "--out", str(out), *extra]
 
 
 def test_nerf_end_to_end_writes_complete_artifact(tiny_model_dir, tmp_path):

@@ -14,30 +14,12 @@ import torch
 
 from prolificli.config import ConfigError, GuidanceConfig, PriorConfig, ScoreModelConfig
 from prolificli.distill import SDS, VSD, Conditioning, ScoreModel, TimestepSchedule, surrogate_loss, weight
+from helpers import closed_form_alpha_sigma, make_batch, perturb_trainable
 from prolificli.prior import load_prior
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def closed_form_alpha_sigma(prior, t):
-    alphabar = torch.cumprod(1.0 - prior.scheduler.betas.double(), dim=0)[t]
-    alpha = alphabar.sqrt().float().view(-1, 1, 1, 1)
-    sigma = (1.0 - alphabar).sqrt().float().view(-1, 1, 1, 1)
-    return alpha, sigma
-
-
-def make_batch(prior, batch: int, seed: int = 0):
-    """Random model-space renders, prompt embeddings and cameras shaped for the prior's UNet."""
-    g = torch.Generator().manual_seed(seed)
-    config = prior.unet.config
-    x0 = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, generator=g)
-    text = torch.randn(batch, 8, config.cross_attention_dim, generator=g)
-    uncond = torch.randn(batch, 8, config.cross_attention_dim, generator=g)
-    camera = torch.randn(batch, 16, generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    return x0, Conditioning(text_emb=text, uncond_emb=uncond, camera=camera), eps
 
 
 def cfg_eps_reference(unet, x_t, t, cond: Conditioning, scale: float):
@@ -46,14 +28,6 @@ def cfg_eps_reference(unet, x_t, t, cond: Conditioning, scale: float):
         eps_c = unet(x_t, t, encoder_hidden_states=cond.text_emb).sample
         eps_u = unet(x_t, t, encoder_hidden_states=cond.uncond_emb).sample
     return eps_u + scale * (eps_c - eps_u)
-
-
-def perturb_trainable(score_model: ScoreModel, seed: int = 1, scale: float = 0.2) -> None:
-    """Make LoRA B and the camera MLP's last layer non-zero so the score model differs from its base."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in score_model.trainable_parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from prolificli.config import GuidanceConfig
 from prolificli.methods import build_recipe
 from prolificli.distill import SDS
 from prolificli.stages.image import ImageParticles
-from test_cli import TINY_RECIPE, assert_one_line_error, invoke
+from helpers import TINY_RECIPE, assert_one_line_error, invoke
 
 
 def test_the_gradient_on_an_image_particle_is_the_distillation_gradient(tiny_prior):

@@ -11,7 +11,7 @@ import torch
 from prolificli.config import GuidanceConfig, LookaheadConfig, ScoreModelConfig
 from prolificli.distill import L2VSD, VSD, ScoreModel
 from prolificli.distill.lookahead import linear_term
-from test_distill import make_batch, perturb_trainable
+from helpers import make_batch, perturb_trainable
 
 
 def eps_after_step(score_model, direction, scale, x_t, t, text, camera):

@@ -10,8 +10,7 @@ from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.config import ConfigError, ESDConfig, GuidanceConfig, ScoreModelConfig
 from prolificli.methods import build_recipe
 from prolificli.distill import ESD, LVSD, VSD, ScoreModel
-from test_cli import TINY_RECIPE, invoke
-from test_distill import closed_form_alpha_sigma, make_batch, perturb_trainable
+from helpers import TINY_RECIPE, closed_form_alpha_sigma, invoke, make_batch, perturb_trainable
 
 
 def run_from(distiller_cls, score_model, initial, score_cfg, x0, cond, t, eps, **kwargs):

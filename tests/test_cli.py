@@ -18,6 +18,7 @@ from helpers import TINY_RECIPE, assert_one_line_error, invoke, nerf_args
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_nerf_end_to_end_writes_complete_artifact(tiny_model_dir, tmp_path):
     out = tmp_path / "skull"
     result = invoke(*nerf_args(tiny_model_dir, out, "--particles", "2"))
@@ -41,6 +42,7 @@ def test_nerf_end_to_end_writes_complete_artifact(tiny_model_dir, tmp_path):
     assert metrics[-1]["resolution"] == 24 and metrics[0]["resolution"] == 16  # the milestone applied
 
 
+@pytest.mark.slow
 def test_nerf_sds_json_summary(tiny_model_dir, tmp_path):
     result = invoke(*nerf_args(tiny_model_dir, tmp_path / "sds", "--method", "sds", "--steps", "2", "--json"))
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -50,6 +52,7 @@ def test_nerf_sds_json_summary(tiny_model_dir, tmp_path):
     assert manifest["config"]["guidance"] == {**manifest["config"]["guidance"], "method": "sds", "cfg_scale": 100.0}
 
 
+@pytest.mark.slow
 def test_set_override_reaches_the_manifest(tiny_model_dir, tmp_path):
     result = invoke(*nerf_args(tiny_model_dir, tmp_path / "r", "--set", "nerf.steps=1", "--set", "guidance.cfg_scale=5"))
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -91,6 +94,7 @@ def test_unknown_device_is_one_line(tmp_path):
                           "prior.device", "'tpu9'", "cuda:N")
 
 
+@pytest.mark.slow
 def test_out_holding_a_different_run(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert invoke(*nerf_args(tiny_model_dir, out, "--steps", "1")).exit_code == 0
@@ -104,6 +108,7 @@ def test_out_that_is_not_a_run(tmp_path):
     assert_one_line_error(invoke("nerf", "a pineapple", "--out", str(tmp_path / "stuff")), "not a prolificli run")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert invoke(*nerf_args(tiny_model_dir, out, "--steps", "2")).exit_code == 0
@@ -145,6 +150,7 @@ def _final_weights(out: Path) -> dict:
     return load_file(out / "nerf" / "checkpoint" / "weights.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, sig):
     steps = "40"
@@ -184,6 +190,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_
 # -- a full disk while a checkpoint is written ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
     """The tiny recipe checkpoints every 2 steps; the write of step 4 finds the disk full (as
     safetensors reports it). One line, exit 1, the checkpoint of step 2 intact and loadable, no

@@ -21,6 +21,8 @@ from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.rundir.checkpoint import load_checkpoint
 from prolificli.rundir.lock import LockError, StageLock
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 ENV = {**os.environ, "PROLIFIC_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

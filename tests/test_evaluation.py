@@ -65,6 +65,7 @@ def test_frechet_distance_refuses_too_few_images():
         frechet_distance(np.zeros((3, 4)), np.zeros((30, 4)))
 
 
+@pytest.mark.slow
 def test_inception_fid_is_zero_on_the_same_images_and_grows_with_noise():
     from prolificli.evaluation.fid import InceptionFeatures, frechet_distance
 
@@ -262,6 +263,7 @@ def full_run(tiny_nerf_run_template, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["nerf", "extract", "geometry", "texture"])
 def test_render_writes_video_gif_and_sheet_for_every_artifact_kind(full_run, stage):
     import imageio_ffmpeg
@@ -284,6 +286,7 @@ def test_render_writes_video_gif_and_sheet_for_every_artifact_kind(full_run, sta
     assert (opacity_row > 128).mean() > 0.02
 
 
+@pytest.mark.slow
 def test_render_defaults_to_the_latest_stage_and_reports_bad_input_in_one_line(full_run, tmp_path):
     assert ok(invoke("render", full_run, "--frames", "2", "--resolution", "16")).stdout.strip().endswith("texture")
     bad = invoke("render", full_run, "--stage", "mesh")
@@ -304,6 +307,7 @@ class _Images(HTMLParser):
             self.models.append(dict(attrs)["src"])
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_a_table_and_a_self_contained_report(full_run, tiny_clip_dir, tmp_path):
     from PIL import Image
 
@@ -333,6 +337,7 @@ def test_eval_writes_metrics_a_table_and_a_self_contained_report(full_run, tiny_
     assert parser.models == [f"data:model/gltf-binary;base64,{base64.b64encode(glb).decode()}"] * 2
 
 
+@pytest.mark.slow
 def test_eval_report_opens_in_chromium_with_the_runs_model(full_run, tiny_clip_dir, tmp_path, report_in_chromium):
     report = tmp_path / "alone" / "report.html"
     ok(invoke("eval", full_run, "--stage", "texture", "--clip", "--clip-model", tiny_clip_dir, "--views", "2",
@@ -341,6 +346,7 @@ def test_eval_report_opens_in_chromium_with_the_runs_model(full_run, tiny_clip_d
     assert seen["states"] == ["loaded"] and seen["requests"] == [] and seen["errors"] == [], seen
 
 
+@pytest.mark.slow
 def test_eval_needs_something_to_measure_and_a_loadable_clip(full_run):
     nothing = invoke("eval", full_run)
     assert nothing.exit_code == 2 and "--clip" in nothing.stderr
@@ -363,6 +369,7 @@ def test_toy_geometry_metrics_of_the_true_surface_are_perfect():
     assert 100 * chamfer_distance(truth, truth) / object_size("cube") < 1.5
 
 
+@pytest.mark.slow
 def test_eval_fid_runs_offline_and_says_why_there_is_no_clip_distance(full_run, tmp_path, monkeypatch):
     monkeypatch.setenv("PROLIFICLI_CACHE", str(tmp_path / "cache"))
     result = ok(invoke("eval", full_run, "--stage", "nerf", "--fid", "--clip-model", "/no/such/clip",

@@ -90,6 +90,7 @@ def invoke(*args, input=None):
     return CliRunner().invoke(app, [str(a) for a in args], input=input)
 
 
+@pytest.mark.slow
 def test_extract_stage_end_to_end(tiny_nerf_run):
     result = invoke("extract", tiny_nerf_run, "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -109,6 +110,7 @@ def test_extract_stage_end_to_end(tiny_nerf_run):
     assert np.allclose(again.vertices.detach().numpy(), mesh.vertices, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_extract_reads_the_run_from_stdin_and_refuses_to_overwrite(tiny_nerf_run):
     result = invoke("extract", "--resolution", "12", input=f"{tiny_nerf_run}\n")
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -118,6 +120,7 @@ def test_extract_reads_the_run_from_stdin_and_refuses_to_overwrite(tiny_nerf_run
     assert invoke("extract", tiny_nerf_run, "--force", "--resolution", "12").exit_code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--particle", "5"], "has 1 particle"),
     (["--threshold", "1e9"], "level set is empty"),

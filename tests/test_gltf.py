@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from prolificli.cli import app
 from prolificli.recipe_files import PACKAGE_RECIPES
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 pygltflib = pytest.importorskip("pygltflib")
 
 # accessor componentType -> numpy dtype, and element type -> components (glTF 2.0, 3.6.2)

@@ -68,6 +68,7 @@ def test_a_nerf_step_with_a_half_precision_prior(tiny_model_dir: Path, dtype: st
     assert abs(half["loss"] - reference["loss"]) < 0.05 * abs(reference["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", HALF)
 def test_a_short_tiny_run_with_a_half_precision_prior(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
     from prolificli.stages import nerf

@@ -17,6 +17,8 @@ from local_hub import LocalHub
 from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.prior.tiny import build_tiny_model
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 REPO = "org/tiny-sd"
 
 

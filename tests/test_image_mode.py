@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -40,6 +41,7 @@ def test_image_particles_round_trip_through_their_tensors(tiny_prior):
     torch.testing.assert_close(b.rgb(), a.rgb())
 
 
+@pytest.mark.slow
 def test_2d_run_writes_its_images_and_the_mesh_stages_refuse_it(tiny_pixel_model_dir, tmp_path):
     from prolificli.rundir.outputs import open_images
 

@@ -40,6 +40,9 @@ def prior(request, tiny_model_dir):
 
 @pytest.mark.parametrize("last_layer_only", [False, True])
 def test_linear_term_matches_central_differences(prior, last_layer_only):
+    # the LoRA and camera MLP start from drawn values: the same ones whatever tests ran before
+    # (one order of the quick subset drew a start where the error was 1.8e-3; seeds 0-7 all pass)
+    torch.manual_seed(0)
     score_model = ScoreModel(prior, ScoreModelConfig())
     perturb_trainable(score_model)  # LoRA B = 0 would make the A directions invisible
     x0, cond, eps = make_batch(prior, 2)

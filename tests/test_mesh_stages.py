@@ -14,6 +14,8 @@ from prolificli.recipe_files import PACKAGE_RECIPES
 from prolificli.rundir.checkpoint import load_checkpoint
 from prolificli.cli import app
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 
 

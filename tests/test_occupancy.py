@@ -50,6 +50,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return -10 * math.log10(float((a - b).square().mean()))
 
 
+@pytest.mark.slow
 def test_the_occupancy_render_of_a_trained_nerf_matches_the_dense_render(toy_nerf):
     # one random point per cell and update: a cell that straddles the surface may read empty once;
     # the running max over the 8 updates that 128 training steps make catches it (one update: 37 dB)
@@ -85,6 +86,7 @@ class RecordingField(torch.nn.Module):
         return density, albedo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deferred", [False, True])
 def test_cells_marked_empty_are_never_evaluated_with_gradients(toy_nerf, deferred):
     grid = OccupancyGrid(OccupancyConfig(resolution=32, warmup_steps=0), toy_nerf.bound)
@@ -106,6 +108,7 @@ def test_cells_marked_empty_are_never_evaluated_with_gradients(toy_nerf, deferre
     assert len(points) < 0.5 * 3 * 24 * 24 * 48
 
 
+@pytest.mark.slow
 def test_a_cell_that_a_later_step_fills_is_marked_occupied_at_the_next_update():
     torch.manual_seed(0)
     field = NeRFField(FieldConfig(grid=TOY_GRID, hidden_dim=16))

@@ -22,6 +22,7 @@ def test_on_the_cpu_the_tensor_generator_is_the_host_generator():
     assert device_generator(host, "cpu") is host  # CPU runs draw exactly as they always did
 
 
+@pytest.mark.slow
 def test_a_separate_tensor_generator_is_checkpointed_and_restored(tiny_model_dir, tmp_path, monkeypatch):
     """As on a GPU, the stage's tensors come from a second generator (here a CPU one standing in
     for cuda's): a run interrupted by Ctrl-C and resumed ends with the uninterrupted run's weights,

@@ -14,6 +14,8 @@ from PIL import Image
 
 from prolificli.evaluation.report import write_report
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 VIEWER = Path(__file__).resolve().parents[1] / "src" / "prolificli" / "evaluation" / "viewer"
 RED, BLUE = (0.85, 0.1, 0.1), (0, 0, 200)
 

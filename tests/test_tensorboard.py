@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from prolificli.cli import app
 from prolificli.recipe_files import PACKAGE_RECIPES
 
+pytestmark = pytest.mark.slow  # whole stages, torchrun, Chromium or a download: python -m pytest -m 'not slow' skips them
+
 TINY_RECIPE = str(PACKAGE_RECIPES / "tiny.yaml")
 
 

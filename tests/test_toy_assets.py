@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import pytest
 import torch
 
 from prolificli.recipe_files import PACKAGE_RECIPES
@@ -62,6 +62,7 @@ def test_the_true_object_scores_as_itself():
     assert wrong.silhouette_iou < report.silhouette_iou - 0.1
 
 
+@pytest.mark.slow
 def test_toy_recipe_end_to_end(tmp_path):
     """The README's offline demo, shortened: the shipped prior through the real CLI."""
     from typer.testing import CliRunner

@@ -85,6 +85,7 @@ def test_esd_needs_camera_dropout():
     assert build_recipe(None, ["guidance.method=esd"]).guidance.cfg_scale == 7.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l-vsd", "esd", "l2vsd"])
 def test_nerf_runs_with_each_vsd_variant(tiny_model_dir, tmp_path, method):
     import json

@@ -102,7 +102,7 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
                       step: int, generator: torch.Generator, *, tensor_generator: torch.Generator | None = None,
                       timer: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
     """One 3D update (and, inside a VSD distiller, one score-model update); returns what to log
-    (floats, and 0-dim tensors that `run_loop` reads only at logging steps).
+    (floats, and 0-dim tensors that `stages/common.optimize_stage` reads only at logging steps).
     `generator` makes the host's decisions; the distiller draws from `tensor_generator` (default:
     the same generator; see `device_generator`). `timer(part)`, when given, wraps each part
     (render, distill, backward, replay, step): benchmarks."""

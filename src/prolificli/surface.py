@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .rundir.directory import ArtifactError
 from .cameras import evaluation_orbit
 from .config import ExtractConfig, Recipe, VolumeRenderConfig
 from .mesh.dmtet import DMTet
 from .mesh.mesh import Mesh
 from .mesh.tets import TetGrid
 from .render.volume import intersect_box, render_rays
+from .rundir.directory import ArtifactError
 from .scene.nerf import albedo_across_surface
 
 PROBE_RESOLUTION = 96  # cells per side of the whole-field probe that finds the object

@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..rundir.directory import ArtifactError, RunDir
 from ..cameras import Cameras
 from ..config import MeshRenderConfig
 from ..mesh.mesh import Mesh
+from ..rundir.directory import ArtifactError, RunDir
 
 STAGES = ("nerf", "extract", "geometry", "texture")
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import trimesh
 
-from ..rundir.directory import RunDir
 from ..mesh.mesh import Mesh
+from ..rundir.directory import RunDir
 
 LATTICE = 64
 

@@ -23,16 +23,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..rundir.directory import ArtifactError, RunDir, slugify
 from ..config import ConfigError, Recipe
 from ..distributed import World
 from ..files import write_json_atomic
-from ..rundir.lock import LockError
 from ..mesh.mesh import MeshError
 from ..methods import build_recipe
 from ..optimize import Interrupted, OptimizationFailed
-from ..rundir.outputs import run_recipe
 from ..prior import PriorLoadError
+from ..rundir.directory import ArtifactError, RunDir, slugify
+from ..rundir.lock import LockError
+from ..rundir.outputs import run_recipe
 from . import STAGES
 
 BATCH_FILE = "batch.json"

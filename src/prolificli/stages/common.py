@@ -23,17 +23,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..rundir.checkpoint import Checkpoint, CheckpointKeys, CheckpointWriteError, find_checkpoint, load_checkpoint, prefixed, save_checkpoint
-from ..rundir.directory import ArtifactError, RunDir, StageDir
 from ..cameras import Cameras, sample_cameras, view_prompts
 from ..config import Recipe, stored_recipe, to_dict
 from ..distill import Conditioning, DistillerState
 from ..distributed import World, rank_seed
 from ..files import png_bytes, write_bytes_atomic
-from ..rundir.lock import LOCK_FILE, StageLock, describe_takeover
 from ..optimize import (Distiller, Interrupted, OptimizationFailed, Problem, View, deferred_sigint,
                         device_generator, optimization_step)
 from ..prior import DiffusionPrior
+from ..rundir.checkpoint import (Checkpoint, CheckpointKeys, CheckpointWriteError, find_checkpoint, load_checkpoint,
+                                 prefixed, save_checkpoint)
+from ..rundir.directory import ArtifactError, RunDir, StageDir
+from ..rundir.lock import LOCK_FILE, StageLock, describe_takeover
 from ..rundir.tensorboard_log import TensorBoardLog
 
 
@@ -223,7 +224,8 @@ def checkpoint_part(problem: Problem, session: Session) -> tuple[dict, dict]:
     tensors[CheckpointKeys.generator(rank)] = session.generator.get_state()
     if session.tensor_generator is not session.generator:
         tensors[CheckpointKeys.tensor_generator(rank)] = session.tensor_generator.get_state().cpu()
-    optimizers = {CheckpointKeys.particle_optimizer(pid): opt.state_dict() for pid, opt in zip(problem.particle_ids, problem.optimizers)}
+    optimizers = {CheckpointKeys.particle_optimizer(pid): opt.state_dict()
+                  for pid, opt in zip(problem.particle_ids, problem.optimizers)}
     return tensors, optimizers
 
 

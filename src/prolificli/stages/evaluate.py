@@ -18,12 +18,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..rundir.directory import RunDir
-from ..files import to_uint8, write_json_atomic
 from ..cameras import orbit_cameras, view_prompts
 from ..config import ConfigError, stored_recipe
 from ..evaluation.clip import DEFAULT_CLIP, load_clip, r_precision
 from ..evaluation.frames import STAGES, complete_stages, latest_stage, render_all, renderer
+from ..files import to_uint8, write_json_atomic
+from ..rundir.directory import RunDir
 
 COLUMNS = ["run", "stage", "method", "cfg", "particles", "steps", "seconds", "clip", "r_precision", "fid",
            "fd_clip", "fid_images", "chamfer_pct", "volume_iou"]

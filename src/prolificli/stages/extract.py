@@ -10,12 +10,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..rundir.checkpoint import CheckpointKeys, save_checkpoint
-from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe, to_dict
 from ..distributed import World
 from ..files import write_png
 from ..mesh.export import save_ply
+from ..rundir.checkpoint import CheckpointKeys, save_checkpoint
+from ..rundir.directory import ArtifactError, RunDir
 from ..surface import extract_surface
 from .common import open_stage
 from .mesh_preview import preview_grid

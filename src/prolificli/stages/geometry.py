@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..rundir.checkpoint import CheckpointKeys, prefixed
-from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe
 from ..distributed import World
 from ..mesh.dmtet import DMTet
@@ -24,6 +22,8 @@ from ..mesh.mesh import Mesh, laplacian_smoothness, normal_consistency
 from ..methods import build_distiller
 from ..optimize import OptimizationFailed, Problem, Rendered, View
 from ..render.mesh import normal_image, render_mesh
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import albedo_across_surface
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..rundir.checkpoint import CheckpointKeys
 from ..config import Recipe
 from ..files import to_uint8, write_png
 from ..optimize import Problem
+from ..rundir.checkpoint import CheckpointKeys
 from ..step import Conditioning, Rendered, View
 
 

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..rundir.checkpoint import CheckpointKeys, prefixed
-from ..rundir.directory import ArtifactError, RunDir
 from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..distributed import World
@@ -25,6 +23,8 @@ from ..prior import DiffusionPrior
 from ..render.background import Background
 from ..render.occupancy import OccupancyGrid
 from ..render.volume import render, use_deferred
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .image import ImageParticles

@@ -13,12 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..rundir.directory import RunDir
 from ..cameras import orbit_cameras
 from ..config import ConfigError, stored_recipe
 from ..evaluation.frames import STAGES, latest_stage, render_all, renderer
 from ..evaluation.media import contact_sheet, write_gif, write_mp4
 from ..files import to_uint8, write_json_atomic, write_png
+from ..rundir.directory import RunDir
 
 
 @dataclass

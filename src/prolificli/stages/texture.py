@@ -15,18 +15,18 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..rundir.checkpoint import CheckpointKeys, prefixed
-from ..rundir.directory import ArtifactError, RunDir
 from ..config import Recipe
 from ..distributed import World
 from ..mesh.export import bake_texture, save_glb, save_obj, unwrap
 from ..mesh.mesh import Mesh, fit_to_object_box, load_mesh
+from ..methods import build_distiller
 from ..optimize import Problem, Rendered, View
 from ..render.background import Background
 from ..render.mesh import render_mesh, surface_colors
-from ..scene.texture import TextureField
-from ..methods import build_distiller
+from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.directory import ArtifactError, RunDir
 from ..rundir.outputs import open_latest_mesh
+from ..scene.texture import TextureField
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 

@@ -101,11 +101,6 @@ REVISION_OPTION = typer.Option(None, "--revision", help="A branch, tag or commit
                                                         "default branch); same as --set prior.revision=.")
 
 
-def revision_override(revision: str | None) -> dict:
-    """The flag as a recipe key, quoted: a commit or tag of digits alone must stay a string."""
-    return {"prior.revision": None if revision is None else json.dumps(revision)}
-
-
 def tensorboard_override(tensorboard: bool) -> dict:
     """The flag as a recipe key: only when given, so a recipe's own `log.tensorboard: true` stands."""
     return {"log.tensorboard": True if tensorboard else None}
@@ -161,7 +156,7 @@ def nerf(
         fail("give a non-empty prompt, e.g. prolific nerf \"an elephant skull\" (or --resume RUN_DIR)")
     text = " ".join(prompt.split())
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
-                                             "prior.model": model, **revision_override(revision),
+                                             "prior.model": model, "prior.revision": revision,
                                              "nerf.steps": steps, "seed": seed,
                                              "prior.device": device, **tensorboard_override(tensorboard)})
     run_stage("nerf", out if out is not None else Path("runs") / slugify(text), lambda: build_recipe(recipe, sets),
@@ -169,9 +164,10 @@ def nerf(
 
 
 def flag_overrides(values: dict[str, object]) -> list[str]:
-    """`--set key=value` for every flag given (a flag is a short name for a recipe key)."""
-    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
-            for key, value in values.items() if value is not None]
+    """`--set key=value` for every flag given (a flag is a short name for a recipe key). Values are
+    written as JSON, which YAML reads back as they were: a string stays a string even when it looks
+    like a number (a commit of digits) or a mapping (a path with ": ")."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
 def require_extras(recipe) -> None:
@@ -483,7 +479,7 @@ def batch(
     if not chosen or unknown:
         fail(f"--stages {stages!r}: choose from {','.join(STAGES)}")
     sets = list(overrides) + flag_overrides({"guidance.method": method, "nerf.particles": particles,
-                                             "prior.model": model, **revision_override(revision),
+                                             "prior.model": model, "prior.revision": revision,
                                              "nerf.steps": steps, "seed": seed,
                                              "prior.device": device, **tensorboard_override(tensorboard)})
     settings = batch_stage.BatchSettings(prompts, out, recipe, sets, chosen)

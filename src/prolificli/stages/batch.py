@@ -87,7 +87,7 @@ class PriorCache:
     def get(self, recipe: Recipe):
         from ..prior import load_prior
 
-        key = (recipe.prior.model, recipe.prior.device, recipe.prior.dtype)
+        key = (recipe.prior.model, recipe.prior.revision, recipe.prior.device, recipe.prior.dtype)
         if key not in self.priors:
             self.console.print(f"[dim]loading prior {recipe.prior.model}[/]")
             # workers that torchrun starts on one node take a GPU each (LOCAL_RANK)

@@ -16,6 +16,11 @@ FLOPs / --peak-tflops.
     python benchmarks/nerf_step.py --resolutions 128 256 512        # the CPU memory check
     python benchmarks/nerf_step.py --device cuda --model sd21-random --resolutions 64 512 --flops
     python benchmarks/nerf_step.py --model sd21-random --resolutions 512 --steps 1 --warmup 0 --dtype bfloat16
+    python benchmarks/nerf_step.py --resolutions 512 --gaussians 10000 100000 300000   # splats beside the NeRF
+
+With --gaussians, each resolution also runs a Gaussian-splat particle (scene.representation:
+gaussians, from the object init) of each of those counts, each in its own process: "render" is
+then the rasterizer's forward pass and "backward" includes its backward pass (no replay).
 
 `--model tiny` builds the tiny random-weight model; `sd21-random` builds a UNet and VAE with
 Stable Diffusion 2.1-base's architecture and random weights (fp16 on CUDA), so timings match the
@@ -119,22 +124,23 @@ def time_score_model_update(distiller, timer: PartTimer) -> None:
 
 
 def measure_one(model: str, device: str, dtype: str, resolution: int, method: str, steps: int, warmup: int,
-                overrides: list[str], flops: bool) -> dict:
+                overrides: list[str], flops: bool, gaussians: int = 0) -> dict:
     import torch
 
     from prolificli.methods import build_recipe
     from prolificli.optimize import device_generator, optimization_step
     from prolificli.render.volume import use_deferred
     from prolificli.methods import build_distiller
-    from prolificli.stages.nerf import NeRFParticles
+    from prolificli.stages.nerf import make_problem
 
+    splats = [f"scene.representation=gaussians", f"gaussians.count={gaussians}"] if gaussians else []
     recipe = build_recipe(None, [f"guidance.method={method}", f"nerf.resolution={resolution}",
-                                 "nerf.resolution_milestones=[]", f"prior.device={device}", *overrides])
+                                 "nerf.resolution_milestones=[]", f"prior.device={device}", *splats, *overrides])
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     prior = build_prior(model, device, dtype)
     tensor_generator = device_generator(generator, prior.device)
-    particles = NeRFParticles(recipe, prior, "an elephant skull", generator, tensor_generator)
+    particles = make_problem(recipe, prior, "an elephant skull", generator, tensor_generator)
     distiller = build_distiller(recipe.guidance, recipe, prior)
     cuda = device.startswith("cuda")
     timer = PartTimer(cuda)
@@ -169,8 +175,8 @@ def measure_one(model: str, device: str, dtype: str, resolution: int, method: st
         memory_kind = "max RSS"
     order = sorted(range(steps), key=lambda k: times[k])
     median = order[len(order) // 2]
-    row = {"model": model, "device": device, "dtype": str(prior.dtype).removeprefix("torch."), "method": method, "resolution": resolution, "steps_timed": steps,
-           "deferred": use_deferred(recipe.nerf.render, recipe.nerf.batch_size * resolution**2),
+    row = {"representation": recipe.scene.representation, "gaussians": gaussians, "model": model, "device": device, "dtype": str(prior.dtype).removeprefix("torch."), "method": method, "resolution": resolution, "steps_timed": steps,
+           "deferred": not gaussians and use_deferred(recipe.nerf.render, recipe.nerf.batch_size * resolution**2),
            "seconds_per_step_median": times[median], "seconds_per_step_min": times[order[0]],
            "part_seconds": {name: parts[median].get(name, 0.0) for name in PARTS},
            "samples_per_ray": sum(samples) / len(samples),
@@ -239,25 +245,30 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="device peak for the FLOPs ratio (default: 989 on CUDA)")
     parser.add_argument("--max-rss-gib", type=float, default=20.0, help="stop a measurement past this resident set")
     parser.add_argument("--out", type=Path, default=RESULTS / "nerf_step.json")
+    parser.add_argument("--gaussians", type=int, nargs="*", default=[],
+                        help="also a Gaussian-splat particle of each of these counts, per resolution")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one resolution
+    parser.add_argument("--one-gaussians", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one is not None:
         print(json.dumps(measure_one(args.model, args.device, args.dtype, args.one, args.method, args.steps, args.warmup,
-                                     args.overrides, args.flops)))
+                                     args.overrides, args.flops, args.one_gaussians)))
         return
 
     peak_tflops = args.peak_tflops or DEFAULT_PEAK_TFLOPS.get(args.device.split(":")[0])
     rows = []
-    for resolution in args.resolutions:
-        cmd = [sys.executable, __file__, "--one", str(resolution), "--model", args.model, "--device", args.device,
+    for resolution, gaussians in [(r, g) for r in args.resolutions for g in [0, *args.gaussians]]:
+        cmd = [sys.executable, __file__, "--one", str(resolution), "--one-gaussians", str(gaussians),
+               "--model", args.model, "--device", args.device,
                "--dtype", args.dtype,
                "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup),
                *(["--flops"] if args.flops else []), *(f"--set={o}" for o in args.overrides)]
         rc, stdout, stderr, peak_gib = run_child(cmd, args.max_rss_gib)
         if rc != 0:
             tail = stderr.strip().splitlines()[-1:] or ["?"]
-            rows.append({"resolution": resolution, "error": tail[0], "max_rss_gib_seen": round(peak_gib, 2)})
+            rows.append({"resolution": resolution, "gaussians": gaussians, "error": tail[0],
+                         "max_rss_gib_seen": round(peak_gib, 2)})
             print(f"{resolution:>5}  failed: {tail[0]}", file=sys.stderr)
             continue
         row = json.loads(stdout.strip().splitlines()[-1])
@@ -269,14 +280,15 @@ def main() -> None:
 
     print(f"\nNeRF-stage {args.method.upper()} step, model={args.model}, device={args.device}, dtype={args.dtype}, "
           f"{platform.processor() or platform.machine()}" + (f", overrides {args.overrides}" if args.overrides else ""))
-    print(f"{'res':>5} | {'deferred':>8} | {'s/step':>7} | " + " | ".join(f"{p:>8}" for p in PARTS)
+    print(f"{'res':>5} | {'particle':>12} | {'deferred':>8} | {'s/step':>7} | " + " | ".join(f"{p:>8}" for p in PARTS)
           + f" | {'samples/ray':>11} | {'peak MiB':>9} | {'TFLOP':>6} | {'x floor':>7}")
     for row in rows:
         if "error" in row:
             print(f"{row['resolution']:>5} | failed: {row['error']} (max RSS seen {row['max_rss_gib_seen']} GiB)")
             continue
         flops = row.get("prior_side_flops")
-        print(f"{row['resolution']:>5} | {str(row['deferred']):>8} | {row['seconds_per_step_median']:>7.3f} | "
+        particle = f"{row['gaussians']:,} splats" if row.get("gaussians") else "NeRF"
+        print(f"{row['resolution']:>5} | {particle:>12} | {str(row['deferred']):>8} | {row['seconds_per_step_median']:>7.3f} | "
               + " | ".join(f"{row['part_seconds'][p]:>8.3f}" for p in PARTS)
               + f" | {row['samples_per_ray']:>11.1f} | {row['peak_memory_mib']:>9.0f} | "
               + (f"{flops / 1e12:>6.2f}" if flops else f"{'-':>6}") + " | "

@@ -72,11 +72,11 @@ def run_nerf(prompt: str, overrides: list[str], out: Path, console: Console) -> 
 
 
 def evaluate_run(run_dir: Path, prompt: str) -> list:
-    from prolificli.rundir.outputs import open_nerf
+    from prolificli.rundir.outputs import open_first_stage
     from prolificli.toyworld.measures import evaluate_particle
     from prolificli.toyworld.scorer import load_scorer
 
-    nerf = open_nerf(run_dir)
+    nerf = open_first_stage(run_dir)
     scorer = load_scorer()
     return [evaluate_particle(field, background, nerf.recipe, prompt, scorer) for field, background in nerf.particles]
 

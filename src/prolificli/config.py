@@ -65,12 +65,14 @@ class CameraConfig:
 
 @dataclass
 class SceneConfig:
-    """What the `nerf` stage optimises. "nerf": NeRF particles (the paper). "image": each particle is
-    one image in the prior's own space, rendered by the identity g(theta, c) = theta (the 2D mode,
-    for comparing distillation methods without 3D); nerf.steps, particles, batch_size and the
-    checkpoint/preview/log settings still apply, the NeRF-specific ones are unused."""
+    """What the `nerf` stage optimises. "nerf": NeRF particles (the paper). "gaussians": each
+    particle is a set of 3D Gaussians (the `gaussians` section), rendered by the tile rasterizer.
+    "image": each particle is one image in the prior's own space, rendered by the identity
+    g(theta, c) = theta (the 2D mode, for comparing distillation methods without 3D). For all three,
+    nerf.steps, particles, batch_size, the resolution schedule, lr_background, background, the
+    opacity regularisers and the checkpoint/preview/log settings apply; the field's do not."""
 
-    representation: Literal["nerf", "image"] = "nerf"
+    representation: Literal["nerf", "gaussians", "image"] = "nerf"
     image_lr: float = 0.03  # Adam, on pixels in [-1, 1] or latents
     image_init_std: float = 0.1  # theta ~ N(0, std^2): mid grey plus noise, so particles differ
 
@@ -139,6 +141,70 @@ class VolumeRenderConfig:
     deferred: Literal["auto", "always", "never"] = "auto"
     grad_chunk_rays: int = 8192
     occupancy: OccupancyConfig = _field(default_factory=OccupancyConfig)
+
+
+@dataclass
+class SplatRenderConfig:
+    """The tile rasterizer of 3D Gaussians (render/splat.py)."""
+
+    # torch: the pure-PyTorch rasterizer; gsplat: nerfstudio's CUDA rasterizer (pip install gsplat,
+    # CUDA only); auto = torch until the gsplat adapter is verified on a GPU
+    backend: Literal["auto", "torch", "gsplat"] = "auto"
+    tile_size: int = 8  # 8 px: on a CPU smaller tiles waste fewer pixel-Gaussian pairs (3DGS on GPUs: 16)
+    low_pass: float = 0.3  # px^2 added to every 2D covariance (3DGS's dilation): at least ~1 px wide
+    min_alpha: float = 1.0 / 255.0  # a Gaussian adds nothing to a pixel where its alpha is below this
+    max_alpha: float = 0.99  # keeps log(1 - alpha) finite
+    stop_transmittance: float = 1e-4  # a pixel ends where the transmittance in front falls below this
+    near: float = 0.01  # Gaussians nearer than this (view-space depth) are not drawn
+    block: int = 16  # Gaussians of a tile composited at once (at least); then its finished pixels stop it
+    chunk_elements: int = 1 << 22  # pixel x Gaussian pairs in flight at once: the memory bound
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control (3D Gaussian splatting Sec. 5, as GaussianDreamer uses it): every
+    `every` steps between start_step and stop_step, Gaussians whose mean screen-space gradient is
+    above grad_threshold are cloned (if small) or split in two (if large); then those nearly
+    transparent or too large are pruned. The opacity is reset every opacity_reset_every steps."""
+
+    every: int = 100  # 0: never
+    start_step: int = 500
+    stop_step: int = 15000
+    grad_threshold: float = 0.0002  # mean |dL/d mean2d| in NDC units over the renders that saw it
+    split_scale: float = 0.01  # world units: a Gaussian whose largest scale exceeds this is split, else cloned
+    split_factor: float = 1.6  # a split Gaussian's two halves have scales / 1.6 (3DGS)
+    min_opacity: float = 0.005  # pruned below this
+    max_scale: float = 0.3  # pruned above this largest scale (world units): a splat larger than the object
+    opacity_reset_every: int = 3000  # 0: never
+    reset_opacity: float = 0.01  # opacities above this are lowered to it at a reset
+    max_gaussians: int = 0  # no more growth past this count (0: no cap)
+
+
+@dataclass
+class GaussiansConfig:
+    """A particle of scene.representation: gaussians: N Gaussians, each with a mean, log-scales (3),
+    a rotation quaternion (w first), an opacity logit and an RGB albedo (sigmoid of a logit, as the
+    NeRF's): no view dependence, as the paper's NeRF."""
+
+    count: int = 100000  # Gaussians at the start
+    # where they start: "object" fills a ball of init_radius (the paper's object-centric density
+    # init); "scene" a shell from init_radius out to the box (hollow around the camera, as its
+    # scene init); "nerf" where the NeRF particle of the run init_from is dense, coloured by it
+    init: Literal["object", "scene", "nerf"] = "object"
+    init_radius: float = 0.5
+    init_opacity: float = 0.1
+    init_from: str | None = None  # a run directory with a complete NeRF stage (init: nerf)
+    lr_means: float = 0.001  # Adam, world units
+    lr_log_scales: float = 0.005
+    lr_quaternions: float = 0.001
+    lr_opacity: float = 0.05
+    lr_colors: float = 0.01
+    # a soft cap on the scales: a few huge splats can cover the image and stand in for the
+    # background; lambda_scale * mean(relu(scale - scale_cap)) (0: off)
+    scale_cap: float = 0.1
+    lambda_scale: float = 10.0
+    densify: DensifyConfig = _field(default_factory=DensifyConfig)
+    render: SplatRenderConfig = _field(default_factory=SplatRenderConfig)
 
 
 @dataclass
@@ -308,6 +374,7 @@ class Recipe:
     lookahead: LookaheadConfig = _field(default_factory=LookaheadConfig)  # L2-VSD only
     esd: ESDConfig = _field(default_factory=ESDConfig)  # ESD only
     nerf: NeRFStageConfig = _field(default_factory=NeRFStageConfig)
+    gaussians: GaussiansConfig = _field(default_factory=GaussiansConfig)  # scene.representation: gaussians
     extract: ExtractConfig = _field(default_factory=ExtractConfig)
     geometry: GeometryStageConfig = _field(default_factory=GeometryStageConfig)
     texture: TextureStageConfig = _field(default_factory=TextureStageConfig)

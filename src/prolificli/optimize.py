@@ -61,6 +61,11 @@ class Problem(ABC):
     @abstractmethod
     def preview(self, resolution: int) -> np.ndarray: ...
 
+    def after_step(self, step: int) -> dict[str, float]:
+        """Work between steps, after the optimiser's (`step`: the steps done, this one included);
+        returns what to log. Gaussian splats densify here."""
+        return {}
+
     def describe(self, step: int) -> str:
         """Extra text for the progress bar at `step` (the NeRF stage: its render size)."""
         return ""
@@ -126,8 +131,9 @@ def optimization_step(problem: Problem, encode: Callable[[torch.Tensor], torch.T
             rendered.replay()  # ... and this carries their gradients into theta, chunk by chunk
     with part("step"):
         optimizer.step()
+        after = problem.after_step(step + 1)
     return {"loss": loss.detach(), "particle": particle, "resolution": view.resolution,
-            **out.logs, **reg_logs, **rendered.logs}
+            **out.logs, **reg_logs, **rendered.logs, **after}
 
 
 class OptimizationFailed(Exception):

@@ -1,6 +1,7 @@
 """Render any stage's artifact of a run from given cameras: rgb, normals, depth, opacity.
 
-    nerf      a NeRF particle, volume-rendered over its own background
+    nerf      a NeRF particle, volume-rendered over its own background, or a Gaussian-splat
+              particle, rasterized over it
     extract   the extracted mesh, with the NeRF's colours it carries as vertex colours
     geometry  the refined mesh, likewise
     texture   the exported, textured GLB: what a user takes away from the run
@@ -69,10 +70,23 @@ def normals_from_depth(points: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def render_nerf(field, background, recipe, cameras: Cameras, resolution: int) -> Frames:
-    from ..render.mesh import normal_colors
     from ..render.volume import render
 
     out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
+    return _frames_from_depth(out, cameras, resolution)
+
+
+@torch.no_grad()
+def render_splats(cloud, background, recipe, cameras: Cameras, resolution: int) -> Frames:
+    return _frames_from_depth(cloud.render(background, cameras, resolution, recipe.gaussians.render), cameras,
+                              resolution)
+
+
+def _frames_from_depth(out, cameras: Cameras, resolution: int) -> Frames:
+    """Frames of a render with rgb, opacity and depth along the ray (a NeRF's or splats'): normals
+    from the depth map."""
+    from ..render.mesh import normal_colors
+
     origins, directions = cameras.rays(resolution, resolution)
     opaque = out.opacity[..., 0] > 0.5
     distance = out.depth / out.opacity.clamp(min=1e-6)  # expected distance of the surface along the ray
@@ -109,13 +123,16 @@ def _concat(parts: list[Frames]) -> Frames:
 
 def renderer(run: RunDir, stage: str, particle: int = 0) -> Callable[[Cameras, int], Frames]:
     """Open a stage's artifact once; the returned function renders it from any cameras."""
-    from ..rundir.outputs import NerfArtifact, TexturedArtifact, open_artifact
+    from ..rundir.outputs import GaussiansArtifact, NerfArtifact, TexturedArtifact, open_artifact
 
     run.stage(stage).require_complete(stage)
     artifact = open_artifact(run, stage)
     if isinstance(artifact, NerfArtifact):
         field, background = artifact.particle(particle)
         return lambda cameras, resolution: render_nerf(field, background, artifact.recipe, cameras, resolution)
+    if isinstance(artifact, GaussiansArtifact):
+        cloud, background = artifact.particle(particle)
+        return lambda cameras, resolution: render_splats(cloud, background, artifact.recipe, cameras, resolution)
     if isinstance(artifact, TexturedArtifact):
         return lambda cameras, resolution: render_mesh_frames(artifact.mesh, cameras, resolution, uvs=artifact.uvs,
                                                               uv_faces=artifact.mesh.faces, texture=artifact.texture)

@@ -4,6 +4,8 @@ Every reader of a run goes through here (as nerfstudio's `eval_setup`): the mesh
 and `eval` alike. A stage must be complete to be opened; the checkpoint keys are `CheckpointKeys`.
 
     open_nerf(run)            NerfArtifact      the NeRF particles (field, background) and the recipe
+    open_gaussians(run)       GaussiansArtifact the Gaussian-splat particles (cloud, background)
+    open_first_stage(run)     either of these   by the run's scene.representation
     open_images(run)          ImageArtifact     a 2D run's particles, in the prior's space
     open_mesh(run, stage)     MeshArtifact      extract or geometry: the DMTet and the exported mesh
     open_latest_mesh(run)     MeshArtifact      geometry if it is complete, else extract
@@ -25,6 +27,7 @@ from ..mesh.dmtet import DMTet
 from ..mesh.export import load_glb, load_ply
 from ..mesh.mesh import Mesh, fit_to_object_box
 from ..render.background import Background
+from ..scene.gaussians import GaussianCloud
 from ..scene.nerf import NeRFField
 from .checkpoint import CheckpointKeys, load_checkpoint, prefixed
 from .directory import ArtifactError, RunDir
@@ -41,6 +44,19 @@ class NerfArtifact:
     def particle(self, k: int) -> tuple[NeRFField, Background]:
         if not 0 <= k < len(self.particles):
             raise ArtifactError(f"--particle {k}: the NeRF stage has {len(self.particles)} particle(s), "
+                                f"0..{len(self.particles) - 1}")
+        return self.particles[k]
+
+
+@dataclass
+class GaussiansArtifact:
+    path: Path
+    recipe: Recipe
+    particles: list[tuple[GaussianCloud, Background]]  # in eval mode
+
+    def particle(self, k: int) -> tuple[GaussianCloud, Background]:
+        if not 0 <= k < len(self.particles):
+            raise ArtifactError(f"--particle {k}: the stage has {len(self.particles)} Gaussian-splat particle(s), "
                                 f"0..{len(self.particles) - 1}")
         return self.particles[k]
 
@@ -98,7 +114,8 @@ def _nerf_stage(run: RunDir | Path, representation: str) -> tuple[Recipe, dict[s
     run, recipe, path = _complete(run, "nerf")
     actual = recipe.scene.representation
     if actual != representation:
-        kinds = {"nerf": "a NeRF run", "image": f"a 2D run, whose particles are images (in {path / 'images'})"}
+        kinds = {"nerf": "a NeRF run", "gaussians": "a Gaussian-splat run",
+                 "image": f"a 2D run, whose particles are images (in {path / 'images'})"}
         raise ArtifactError(f"{path} is {kinds[actual]}; this needs {kinds[representation].split(',')[0]}")
     return recipe, load_checkpoint(run.stage("nerf").checkpoint_dir).tensors, path
 
@@ -112,6 +129,26 @@ def open_nerf(run: RunDir | Path, device: str | torch.device = "cpu") -> NerfArt
         background.load_state_dict(prefixed(tensors, CheckpointKeys.particle(i) + "background."))
         particles.append((field.to(device).eval(), background.to(device).eval()))
     return NerfArtifact(path, recipe, particles)
+
+
+def open_gaussians(run: RunDir | Path, device: str | torch.device = "cpu") -> GaussiansArtifact:
+    recipe, tensors, path = _nerf_stage(run, "gaussians")
+    particles = []
+    for i in range(recipe.nerf.particles):
+        part = CheckpointKeys.particle(i)
+        state = prefixed(tensors, part + "gaussians.")
+        cloud = GaussianCloud(*(state[name] for name in ("means", "log_scales", "quaternions", "opacity_logits",
+                                                           "color_logits")))
+        background = Background(recipe.nerf.background)
+        background.load_state_dict(prefixed(tensors, part + "background."))
+        particles.append((cloud.to(device).eval(), background.to(device).eval()))
+    return GaussiansArtifact(path, recipe, particles)
+
+
+def open_first_stage(run: RunDir | Path) -> NerfArtifact | GaussiansArtifact:
+    """The particles of the run's first (`nerf`) stage, NeRFs or Gaussian splats."""
+    run, recipe, _ = _complete(run, "nerf")
+    return open_gaussians(run) if recipe.scene.representation == "gaussians" else open_nerf(run)
 
 
 def open_images(run: RunDir | Path) -> ImageArtifact:
@@ -158,14 +195,14 @@ def open_textured(run: RunDir | Path) -> TexturedArtifact:
 
 # what renders or measures any stage opens it through this table (a new stage adds its opener)
 OPENERS = {
-    "nerf": open_nerf,
+    "nerf": open_first_stage,
     "extract": lambda run: open_mesh(run, "extract"),
     "geometry": lambda run: open_mesh(run, "geometry"),
     "texture": open_textured,
 }
 
 
-def open_artifact(run: RunDir | Path, stage: str) -> NerfArtifact | MeshArtifact | TexturedArtifact:
+def open_artifact(run: RunDir | Path, stage: str) -> NerfArtifact | GaussiansArtifact | MeshArtifact | TexturedArtifact:
     if stage not in OPENERS:
         raise ArtifactError(f"unknown stage '{stage}' (one of {', '.join(OPENERS)})")
     return OPENERS[stage](run)

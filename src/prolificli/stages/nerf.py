@@ -27,23 +27,11 @@ from ..rundir.checkpoint import CheckpointKeys, prefixed
 from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
+from .first_stage import opacity_regularization, resolution_at
+from .gaussians import GaussianParticles
 from .image import ImageParticles
 
 STAGE = "nerf"
-
-
-def resolution_at(recipe: Recipe, step: int) -> int:
-    """Render size at `step`: the base resolution, raised at each milestone (64 -> 512 at 5k)."""
-    resolution = recipe.nerf.resolution
-    for milestone, value in sorted(recipe.nerf.resolution_milestones):
-        if step >= milestone:
-            resolution = value
-    return resolution
-
-
-def opaque_weight(recipe: Recipe, step: int) -> float:
-    cfg = recipe.nerf
-    return cfg.lambda_opaque_final if step >= cfg.opaque_start_step else cfg.lambda_opaque
 
 
 class NeRFParticles(Problem):
@@ -107,15 +95,7 @@ class NeRFParticles(Problem):
                         replay=out.replay, logs=logs)
 
     def regularization(self, rendered: Rendered, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.recipe.nerf
-        opacity = rendered.extras["opacity"]
-        # sparsity: a smooth L1 on opacity discourages floaters and haze
-        sparsity = torch.sqrt(opacity ** 2 + 0.01).mean()
-        # opaque: binary entropy of opacity, pushing it to 0 or 1 late in training (clean extraction)
-        o = opacity.clamp(1e-3, 1 - 1e-3)
-        opaque = -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
-        loss = cfg.lambda_sparsity * sparsity + opaque_weight(self.recipe, step) * opaque
-        return loss, {"sparsity": sparsity.detach(), "opaque": opaque.detach()}
+        return opacity_regularization(rendered.extras["opacity"], self.recipe, step)
 
     def describe(self, step: int) -> str:
         return f"res {resolution_at(self.recipe, step)}"
@@ -156,7 +136,7 @@ class NeRFParticles(Problem):
 
 def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,
                  tensor_generator: torch.Generator | None = None,
-                 world: World = World()) -> NeRFParticles | ImageParticles:
+                 world: World = World()) -> NeRFParticles | GaussianParticles | ImageParticles:
     """The particles of scene.representation that this process holds."""
     if recipe.scene.representation == "image":
         if world.active:
@@ -166,7 +146,8 @@ def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: 
     if recipe.nerf.particles < world.size:
         raise ArtifactError(f"--particles {recipe.nerf.particles} is fewer than the {world.size} processes: "
                             "every process needs a particle")
-    return NeRFParticles(recipe, prior, prompt, generator, tensor_generator, world.particles(recipe.nerf.particles))
+    kind = GaussianParticles if recipe.scene.representation == "gaussians" else NeRFParticles
+    return kind(recipe, prior, prompt, generator, tensor_generator, world.particles(recipe.nerf.particles))
 
 
 def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,

@@ -127,6 +127,9 @@ class GaussianParticle:
     def optimizer(self, particle: int) -> torch.optim.Optimizer:
         return self.adam
 
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
     def cov(self) -> Tensor:
         return (self.A @ self.A.T).detach()
 

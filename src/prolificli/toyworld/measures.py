@@ -83,8 +83,12 @@ def depth_error(depth: Tensor, opacity: Tensor, true_depth: Tensor, true_opacity
 @torch.no_grad()
 def evaluate_particle(field, background, recipe: Recipe, prompt: str, scorer: ToyScorer, *, views: int = 8,
                       resolution: int = 64) -> ParticleReport:
+    """A NeRF particle (field, background) or a Gaussian-splat one (cloud, background)."""
     cameras = evaluation_cameras(recipe, views)
-    out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
+    if hasattr(field, "render"):  # a GaussianCloud draws itself
+        out = field.render(background, cameras, resolution, recipe.gaussians.render)
+    else:
+        out = render(field, background, cameras, resolution, resolution, recipe.nerf.render, stratified=False)
     images = out.rgb.permute(0, 3, 1, 2).clamp(0, 1)
     accuracy = scorer.matches(images, prompt).float().mean().item()
     shapes, colours = scorer.classify(images)

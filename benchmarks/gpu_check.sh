@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks, in one call on a lent GPU machine (under 8 minutes, no downloads):
+# The GPU checks, in one call on a lent GPU machine (under 9 minutes, no downloads; gsplat, when
+# carried, compiles its CUDA code at first use and adds a few):
 #   1. nerf_step.py with sd21-random (SD 2.1-base's UNet + VAE, random weights) in fp16 at 64 and
 #      512 px, VSD and L2-VSD, a few steps each, with the prior side's FLOPs;
 #   2. the toy recipe's NeRF stage for 200 steps on CUDA (wall time, s/step, samples per ray; the
 #      hash grid's Triton kernels run there);
-#   3. the tinycudann and nvdiffrast adapters' tests, only if those modules import.
+#   3. the tinycudann and nvdiffrast adapters' tests, only if those modules import;
+#   4. a VSD step on a Gaussian-splat particle of 100k splats at 512 px (the torch rasterizer), and
+#      the gsplat backend's agreement test if gsplat imports.
 # Writes $OUT/gpu_check.json (or benchmarks/results/gpu_check.json) whatever fails, prints one
 # table and a FAILED line per part that failed, and exits 1 if any did.
 #
@@ -54,7 +57,7 @@ export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 
 if [ "$DEVICE" = cpu ]; then  # the dry run: the logic, not the figures (a CPU is far slower)
   MODEL=tiny; RESOLUTIONS="32 64"; STEPS=2; TOY_STEPS=5; LIMIT=900
-else  # 2 x 150 s + 150 s + the adapter tests: under 8 minutes
+else  # 2 x 150 s + 150 s + the adapter tests + the splat step: under 9 minutes
   MODEL=sd21-random; RESOLUTIONS="64 512"; STEPS=5; TOY_STEPS=200; LIMIT=150
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
@@ -90,6 +93,21 @@ for module in tinycudann nvdiffrast; do
   fi
 done
 
+# 4. Gaussian splats at 512 px (the NeRF's 512 px step is part 1's)
+timeout "$LIMIT" python3 benchmarks/nerf_step.py --model "$MODEL" --device "$DEVICE" --method vsd \
+  --resolutions ${RESOLUTIONS##* } --gaussians 100000 --skip-nerf --steps "$STEPS" --warmup 2 \
+  --out "$WORK/step-splats.json" 2> >(tee "$WORK/step-splats.log" >&2)
+rc=$?
+[ $rc = 0 ] || failed "nerf_step splats" "$(why $rc "$WORK/step-splats.log" "$LIMIT")"
+if python3 -c "import gsplat" 2>/dev/null; then
+  timeout 300 python3 -m pytest -q -k gsplat tests/test_splat.py >"$WORK/gsplat.log" 2>&1
+  rc=$?
+  adapters="$adapters gsplat:$rc"
+  [ $rc = 0 ] || failed "gsplat agreement test" "$(why $rc "$WORK/gsplat.log" 300)"
+else
+  adapters="$adapters gsplat:absent"
+fi
+
 python3 - "$WORK" "$OUTDIR/gpu_check.json" "$toy_rc" "$toy_seconds" "$adapters" "$DEVICE" <<'PY'
 """The report: gpu_check.json first (whatever else fails), then the table and what failed."""
 import json, sys
@@ -99,7 +117,7 @@ work, out, toy_rc, toy_seconds, adapters, device = (Path(sys.argv[1]), Path(sys.
 failures = [line for line in (work / "failed.txt").read_text().splitlines() if line]
 report = {"device": device, "steps": {}, "toy": {"exit": toy_rc, "wall_seconds": toy_seconds},
           "adapters": dict(a.split(":") for a in adapters), "failures": failures}
-for method in ("vsd", "l2vsd"):
+for method in ("vsd", "l2vsd", "splats"):
     path = work / f"step-{method}.json"
     try:
         report["steps"][method] = json.loads(path.read_text())["rows"] if path.exists() else []
@@ -117,7 +135,8 @@ try:
                              samples_per_ray_last=lines[-1].get("samples_per_ray"))
 except (OSError, ValueError, KeyError) as exc:
     failures.append(f"toy nerf stage: unreadable metrics ({exc})")
-ok = {m: {r["resolution"]: r for r in rows if "error" not in r} for m, rows in report["steps"].items()}
+ok = {m: {r["resolution"]: r for r in rows if "error" not in r} for m, rows in report["steps"].items()
+      if m != "splats"}
 report["largest"] = {m: max(rows) if rows else None for m, rows in ok.items()}
 report["l2vsd_over_vsd"] = {str(res): ok["l2vsd"][res]["seconds_per_step_median"] / ok["vsd"][res]["seconds_per_step_median"]
                             for res in sorted(set(ok.get("vsd", {})) & set(ok.get("l2vsd", {})))}
@@ -132,7 +151,8 @@ for method, rows in report["steps"].items():
             print(f"{method + ' step':<28} | {row['resolution']:>4} | failed: {row['error']}")
             continue
         flops = row.get("prior_side_flops")
-        print(f"{method + ' step (' + row['model'] + ', ' + row.get('dtype', '?') + ')':<28} | {row['resolution']:>4} | "
+        name = f"{row['gaussians'] // 1000}k splats" if row.get("gaussians") else method
+        print(f"{name + ' step (' + row['model'] + ', ' + row.get('dtype', '?') + ')':<28} | {row['resolution']:>4} | "
               f"{row['seconds_per_step_median']:>7.3f} | {row['peak_memory_mib']:>9.0f} | "
               f"{flops / 1e12 if flops else float('nan'):>6.2f} | {row.get('step_over_floor', float('nan')):>7.1f} | "
               f"{row['samples_per_ray']:.1f}")

@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "nerf_step.json")
     parser.add_argument("--gaussians", type=int, nargs="*", default=[],
                         help="also a Gaussian-splat particle of each of these counts, per resolution")
+    parser.add_argument("--skip-nerf", action="store_true", help="only the --gaussians rows")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one resolution
     parser.add_argument("--one-gaussians", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,7 +259,8 @@ def main() -> None:
 
     peak_tflops = args.peak_tflops or DEFAULT_PEAK_TFLOPS.get(args.device.split(":")[0])
     rows = []
-    for resolution, gaussians in [(r, g) for r in args.resolutions for g in [0, *args.gaussians]]:
+    counts = args.gaussians if args.skip_nerf else [0, *args.gaussians]
+    for resolution, gaussians in [(r, g) for r in args.resolutions for g in counts]:
         cmd = [sys.executable, __file__, "--one", str(resolution), "--one-gaussians", str(gaussians),
                "--model", args.model, "--device", args.device,
                "--dtype", args.dtype,

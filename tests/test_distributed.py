@@ -322,3 +322,19 @@ def test_a_batch_resumes_the_run_it_was_interrupted_in(tiny_model_dir, tmp_path)
     assert entries["a-red-cube"]["stages"] == {"nerf": "resumed"} and entries["a-red-cube"]["status"] == "complete"
     assert entries["a-blue-sphere"]["stages"] == {"nerf": "complete"}
     assert manifest(out / "a-red-cube")["step"] == 60
+
+
+def test_two_ranks_train_four_splat_particles_with_density_control(tiny_model_dir, tmp_path):
+    """Gaussian-splat particles spread over two processes: each rank densifies its own; the
+    checkpoint gathers four particles of different sizes."""
+    out = tmp_path / "run"
+    result = run(torchrun(2, "-m", "prolificli", *nerf_args(
+        tiny_model_dir, out, 12, "--set", "scene.representation=gaussians", "--set", "gaussians.count=150",
+        "--set", "gaussians.densify.start_step=4", "--set", "gaussians.densify.every=4",
+        "--set", "gaussians.densify.grad_threshold=0.0", "--set", "gaussians.densify.max_gaussians=400"), "--json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "complete"
+    tensors = load_checkpoint(out / "nerf" / "checkpoint").tensors
+    counts = [tensors[f"particle{i}.gaussians.means"].shape[0] for i in range(4)]
+    assert all(count > 150 for count in counts), counts  # every particle grew, on whichever rank held it
+    assert {f"particle{i}.densify.grad_sum" for i in range(4)} <= set(tensors)

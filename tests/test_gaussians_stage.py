@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from prolificli.config import DensifyConfig, FieldConfig, GaussiansConfig
-from prolificli.methods import build_recipe
+from prolificli.methods import METHODS, build_recipe
 from prolificli.optimize import Interrupted
 from prolificli.scene.densify import DensityControl
 from prolificli.scene.gaussians import GaussianCloud
@@ -109,6 +109,27 @@ def test_opacity_reset_lowers_opacity_and_restarts_only_its_moments():
     for name, param in cloud.parameters_by_name().items():
         expected = torch.zeros_like(moments[name]) if name == "opacity_logits" else moments[name]
         assert torch.equal(optimizer.state[param]["exp_avg"], expected), name
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_moves_splats(tiny_model_dir, method):
+    from prolificli.methods import build_distiller
+    from prolificli.optimize import optimization_step
+    from prolificli.prior import load_prior
+
+    recipe = build_recipe(TINY_RECIPE, [f"prior.model={tiny_model_dir}", "scene.representation=gaussians",
+                                        "gaussians.count=100", f"guidance.method={method}"])
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    prior = load_prior(recipe.prior)
+    problem = nerf.make_problem(recipe, prior, "a red cube", generator)
+    distiller = build_distiller(recipe.guidance, recipe, prior)
+    before = {k: v.clone() for k, v in problem.clouds[0].tensors().items()}
+    for step in range(2):
+        logs = optimization_step(problem, prior.encode_images, distiller, step, generator)
+        assert math.isfinite(float(logs["loss"]))
+    for name, value in problem.clouds[0].tensors().items():
+        assert not torch.equal(value, before[name]), f"{method} left {name} unchanged"
 
 
 def splat_recipe(*extra: str):

@@ -129,11 +129,12 @@ def test_tile_size_and_blocks_do_not_change_the_image():
     assert torch.allclose(base.depth, other.depth, atol=1e-4)
 
 
-def test_gradients_match_central_differences():
+@pytest.mark.parametrize("cache_elements", [1 << 23, 0], ids=["blocks kept", "blocks recomputed"])
+def test_gradients_match_central_differences(cache_elements):
     scene = random_scene(10, seed=2)
     cameras = two_cameras()
     background = torch.tensor([[0.9, 0.8, 0.7], [0.1, 0.2, 0.3]], dtype=torch.float64)
-    cfg = small_config()
+    cfg = small_config(cache_elements=cache_elements)
     height, width = 17, 19
     g = torch.Generator().manual_seed(3)
     weights = [torch.randn(2, height, width, c, generator=g, dtype=torch.float64) for c in (3, 1, 1)]
@@ -171,7 +172,7 @@ def test_memory_is_bounded_by_the_chunk(monkeypatch):
         return original(pixels, means2d, *rest)
 
     monkeypatch.setattr(splat, "_block_forward", recording)
-    cfg = SplatRenderConfig(tile_size=8, block=8, chunk_elements=8 * 8 * 8 * 4)
+    cfg = SplatRenderConfig(tile_size=8, block=8, chunk_elements=8 * 8 * 8 * 4, cache_elements=0)
     for n in (50, 400):
         seen.clear()
         params = [p.requires_grad_(True) for p in random_scene(n, seed=4, dtype=torch.float32)]
@@ -179,3 +180,23 @@ def test_memory_is_bounded_by_the_chunk(monkeypatch):
         out.rgb.sum().backward()
         assert max(seen) <= cfg.chunk_elements
         assert params[0].grad.abs().sum() > 0
+
+
+def _gsplat_usable() -> bool:
+    from prolificli.render.gsplat_backend import gsplat_available
+
+    return gsplat_available()
+
+
+@pytest.mark.skipif(not _gsplat_usable(), reason="gsplat with CUDA only (pip install gsplat, a GPU)")
+def test_gsplat_backend_agrees_with_ours():
+    from prolificli.render.gsplat_backend import render_gaussians_gsplat
+
+    scene = [t.cuda() for t in random_scene(200, seed=5, dtype=torch.float32)]
+    cameras = two_cameras().to("cuda")
+    white = torch.ones(2, 3, device="cuda")
+    ours = render_gaussians(*scene, None, cameras, 64, 48, SplatRenderConfig(), background_color=white)
+    theirs = render_gaussians_gsplat(*scene, None, cameras, 64, 48, SplatRenderConfig(), background_color=white)
+    for name in ("rgb", "opacity", "depth"):
+        difference = (getattr(ours, name) - getattr(theirs, name)).abs()
+        assert difference.mean() < 2e-3 and difference.max() < 5e-2, (name, float(difference.max()))

@@ -158,6 +158,9 @@ class SplatRenderConfig:
     near: float = 0.01  # Gaussians nearer than this (view-space depth) are not drawn
     block: int = 16  # Gaussians of a tile composited at once (at least); then its finished pixels stop it
     chunk_elements: int = 1 << 22  # pixel x Gaussian pairs in flight at once: the memory bound
+    # a forward pass over at most this many pairs keeps its blocks for the backward pass (~25 bytes a
+    # pair) instead of recomputing them: small images, where recomputing costs more than it saves
+    cache_elements: int = 1 << 23
 
 
 @dataclass

@@ -25,11 +25,14 @@ GSPLAT_FIXED = {"min_alpha": 1.0 / 255.0, "max_alpha": 0.99, "stop_transmittance
 
 
 def gsplat_available() -> bool:
+    """gsplat imports and a CUDA GPU is there (checked first: no import without one)."""
+    if not torch.cuda.is_available():
+        return False
     try:
         import gsplat  # noqa: F401
     except Exception:
         return False
-    return torch.cuda.is_available()
+    return True
 
 
 def render_gaussians_gsplat(means: Tensor, log_scales: Tensor, quaternions: Tensor, opacity_logits: Tensor,

@@ -21,13 +21,15 @@ camera sees it through three steps, each a pure function here:
 
 Memory: `composite` is a custom autograd Function. Its forward pass runs without a graph, block by
 block (the next k >= `block` Gaussians of every tile at a time, tiles in chunks of at most
-`chunk_elements` pixel-Gaussian pairs). Its backward pass replays the same blocks in the same order and
+`chunk_elements` pixel-Gaussian pairs). Its backward pass takes the same blocks in the same order
+(kept from the forward pass when they fit in `cache_elements`, else recomputed) and
 differentiates one block at a time: a block changes the image through its own contribution F_B
 and through the transmittance it leaves to everything behind it, T_out = T_in prod (1 - alpha_j),
 so with S the features composited behind the block (from the saved final image), the block's
 gradient is that of
     g . F_B + (g . S) * sum_j log(1 - alpha_j)       (T_in and S held constant),
-g the image gradient. Peak memory is one chunk's pairs, whatever the number of Gaussians.
+g the image gradient (`_block_backward` has the derivatives). Beyond cache_elements, peak memory
+is one chunk's pairs, whatever the number of Gaussians.
 The projection's graph is O(number of Gaussians) and left to autograd.
 """
 
@@ -260,29 +262,55 @@ def _gather_block(tiles: Tensor, first: int, lists: TileLists, k: int) -> tuple[
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, lists: TileLists, cfg: SplatRenderConfig):
-        image = _run_blocks(means2d, conics, opacities, features, lists, cfg)
+        # keep the blocks for the backward pass while they fit in cache_elements (small images);
+        # past that the backward pass recomputes them, so memory stays one chunk's
+        kept, elements = [], 0
+        blocks = _blocks(means2d, conics, opacities, features, lists, cfg)
+        while True:
+            try:
+                item = next(blocks)
+            except StopIteration as done:
+                image = done.value
+                break
+            if kept is not None:
+                elements += item[3].alpha.numel()
+                if elements <= cfg.cache_elements:
+                    kept.append(item)
+                else:
+                    kept = None
         ctx.save_for_backward(means2d, conics, opacities, features, image)
-        ctx.lists, ctx.cfg = lists, cfg
+        ctx.lists, ctx.cfg, ctx.kept = lists, cfg, kept
         return image
 
     @staticmethod
     def backward(ctx, grad_image):
         means2d, conics, opacities, features, image = ctx.saved_tensors
-        grads = _run_blocks(means2d, conics, opacities, features, ctx.lists, ctx.cfg,
-                            grad_image=grad_image.contiguous(), final=image)
+        grad_image = grad_image.contiguous()
+        grads = [torch.zeros_like(t) for t in (means2d, conics, opacities, features)]
+        blocks = ctx.kept if ctx.kept is not None else _blocks(means2d, conics, opacities, features, ctx.lists,
+                                                                 ctx.cfg)
+        with torch.no_grad():
+            for chunk, index, block, saved, in_front in blocks:
+                g = grad_image[chunk]
+                behind = image[chunk] - in_front - block  # what is composited behind the block
+                block_grads = _block_backward(saved, g, (g * behind).sum(-1))
+                flat = index.reshape(-1)
+                for total, grad in zip(grads, block_grads):
+                    total.index_add_(0, flat, grad.reshape(flat.numel(), *grad.shape[2:]))
+        ctx.kept = None
         return (*grads, None, None)
 
 
 @torch.no_grad()
-def _run_blocks(means2d, conics, opacities, features, lists: TileLists, cfg: SplatRenderConfig,
-                grad_image: Tensor | None = None, final: Tensor | None = None):
-    """The forward pass (grad_image None): the composited features per tile pixel [n_tiles,P,F]
-    (P = tile_size^2). The backward pass: the gradients of means2d, conics, opacities and features,
-    block by block in the forward's order (see the module doc).
+def _blocks(means2d, conics, opacities, features, lists: TileLists, cfg: SplatRenderConfig):
+    """The forward pass, block by block: yields (chunk of tiles [A], their Gaussians [A,K], the
+    block's composited features [A,P,F], what its backward needs, the features composited in front
+    of it [A,P,F]) and returns the composited features of every tile pixel [n_tiles,P,F]
+    (P = tile_size^2). The backward pass replays exactly this (see the module doc).
 
-    The schedule both passes follow: each round takes the next k Gaussians of every tile whose list
-    is that long and which has a pixel still seeing through, in chunks of at most chunk_elements
-    pixel-Gaussian pairs; k depends only on how many tiles are active, so both passes agree."""
+    Each round takes the next k Gaussians of every tile whose list is that long and which has a
+    pixel still seeing through, in chunks of at most chunk_elements pixel-Gaussian pairs; k depends
+    only on how many tiles are active, so a replay makes the same blocks."""
     n_tiles = lists.offsets.numel() - 1
     pixels_per_tile, n_features = cfg.tile_size ** 2, features.shape[-1]
     dtype, device = means2d.dtype, means2d.device
@@ -290,9 +318,6 @@ def _run_blocks(means2d, conics, opacities, features, lists: TileLists, cfg: Spl
     longest = int(counts.max()) if n_tiles else 0
     log_t = torch.zeros(n_tiles, pixels_per_tile, dtype=dtype, device=device)
     accumulated = torch.zeros(n_tiles, pixels_per_tile, n_features, dtype=dtype, device=device)
-    backward = grad_image is not None
-    if backward:
-        grads = [torch.zeros_like(t) for t in (means2d, conics, opacities, features)]
     log_stop = math.log(cfg.stop_transmittance)
     start = 0
     while start < longest:
@@ -308,17 +333,12 @@ def _run_blocks(means2d, conics, opacities, features, lists: TileLists, cfg: Spl
             pixels = _tile_pixels(chunk, lists, cfg.tile_size, dtype)
             block, log_sum, saved = _block_forward(pixels, means2d[index], conics[index], opacities[index],
                                                    features[index], valid, log_t[chunk], cfg)
-            if backward:
-                g = grad_image[chunk]
-                behind = final[chunk] - accumulated[chunk] - block  # what is composited behind the block
-                block_grads = _block_backward(saved, g, (g * behind).sum(-1))
-                flat = index.reshape(-1)
-                for total, grad in zip(grads, block_grads):
-                    total.index_add_(0, flat, grad.reshape(flat.numel(), *grad.shape[2:]))
-            accumulated[chunk] += block
+            in_front = accumulated[chunk]  # a copy (advanced indexing)
+            yield chunk, index, block, saved, in_front
+            accumulated[chunk] = in_front + block
             log_t[chunk] += log_sum
         start += k
-    return grads if backward else accumulated
+    return accumulated
 
 
 def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, lists: TileLists,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..optimize import OptimizationFailed, Problem, Rendered, View
 from ..prior import DiffusionPrior
@@ -22,7 +21,7 @@ from ..rundir.checkpoint import CheckpointKeys, prefixed
 from ..scene.densify import DensityControl
 from ..scene.gaussians import GaussianCloud
 from .common import Prompter
-from .first_stage import opacity_regularization, resolution_at
+from .first_stage import opacity_regularization, preview_grid, random_background_color, resolution_at
 
 
 def initial_clouds(recipe: Recipe, n: int) -> list[GaussianCloud]:
@@ -77,12 +76,8 @@ class GaussianParticles(Problem):
                                          self.generator)
 
     def render(self, particle: int, view: View, step: int) -> Rendered:
-        cfg = self.recipe.nerf
-        batch = len(view.cameras)
-        background_color = None
-        if float(torch.rand((), generator=self.generator)) < cfg.background.random_color_prob:
-            background_color = torch.rand(batch, 3, generator=self.tensor_generator,
-                                          device=self.tensor_generator.device).to(self.device)
+        background_color = random_background_color(self.recipe, len(view.cameras), self.generator,
+                                                   self.tensor_generator, self.device)
         cloud = self.clouds[particle]
         out = cloud.render(self.backgrounds[particle], view.cameras.to(self.device), view.resolution,
                            self.recipe.gaussians.render, background_color=background_color)
@@ -148,12 +143,9 @@ class GaussianParticles(Problem):
             control.load_tensors(prefixed(tensors, part + "densify."))
             self.optimizers[i] = self._optimizer(i)
 
-    @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:
-        cameras = evaluation_orbit(self.recipe.camera, views).to(self.device)
-        rows = []
-        for cloud, background in zip(self.clouds, self.backgrounds):
-            out = cloud.render(background, cameras, resolution, self.recipe.gaussians.render)
-            rows.append(torch.cat(list(out.rgb), dim=1))
-        grid = torch.cat(rows, dim=0).clamp(0, 1)
-        return (grid.cpu().numpy() * 255).round().astype(np.uint8)
+        """A grid image: one row per particle (of this process), `views` azimuths around the evaluation orbit."""
+        def rgb(i, cameras):
+            return self.clouds[i].render(self.backgrounds[i], cameras, resolution, self.recipe.gaussians.render).rgb
+
+        return preview_grid(rgb, self.n_particles, self.recipe, resolution, self.device, views)

@@ -2,8 +2,10 @@
 
 This file only assembles parts: the particles and their renderer (`NeRFParticles`, the
 `Problem` the generic loop optimises), the prior, the distiller, and the run directory. With
-scene.representation: image the particles are images instead (`stages/image.py`, the 2D mode),
-written as RUN/nerf/images/particleK.png at the end; the mesh stages refuse such a run.
+scene.representation: gaussians the particles are Gaussian splats (`stages/gaussians.py`); with
+image they are images (`stages/image.py`, the 2D mode), written as RUN/nerf/images/particleK.png
+at the end. `make_problem` is where the representation is chosen; the mesh stages refuse all but
+NeRF runs for now.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..cameras import evaluation_orbit
 from ..config import Recipe
 from ..distributed import World
 from ..methods import build_distiller
@@ -27,7 +28,7 @@ from ..rundir.checkpoint import CheckpointKeys, prefixed
 from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
-from .first_stage import opacity_regularization, resolution_at
+from .first_stage import opacity_regularization, preview_grid, random_background_color, resolution_at
 from .gaussians import GaussianParticles
 from .image import ImageParticles
 
@@ -74,11 +75,8 @@ class NeRFParticles(Problem):
     def render(self, particle: int, view: View, step: int) -> Rendered:
         cfg = self.recipe.nerf
         batch = len(view.cameras)
-        background_color = None
-        # random solid backgrounds stop the field from painting the object into the background
-        if float(torch.rand((), generator=self.generator)) < cfg.background.random_color_prob:
-            background_color = torch.rand(batch, 3, generator=self.tensor_generator,
-                                          device=self.tensor_generator.device).to(self.device)
+        background_color = random_background_color(self.recipe, batch, self.generator, self.tensor_generator,
+                                                   self.device)
         field, grid = self.fields[particle], self.grids[particle]
         logs = {}
         if grid is not None:
@@ -121,17 +119,13 @@ class NeRFParticles(Problem):
             if grid is not None and grid_state:  # a checkpoint from before occupancy grids: a fresh grid
                 grid.load_tensors(grid_state)
 
-    @torch.no_grad()
     def preview(self, resolution: int, views: int = 4) -> np.ndarray:
         """A grid image: one row per particle (of this process), `views` azimuths around the evaluation orbit."""
-        cameras = evaluation_orbit(self.recipe.camera, views).to(self.device)
-        rows = []
-        for field, background in zip(self.fields, self.backgrounds):
-            out = render(field, background, cameras, resolution, resolution, self.recipe.nerf.render,
-                         stratified=False)
-            rows.append(torch.cat(list(out.rgb), dim=1))  # views side by side
-        grid = torch.cat(rows, dim=0).clamp(0, 1)
-        return (grid.cpu().numpy() * 255).round().astype(np.uint8)
+        def rgb(i, cameras):
+            return render(self.fields[i], self.backgrounds[i], cameras, resolution, resolution, self.recipe.nerf.render,
+                          stratified=False).rgb
+
+        return preview_grid(rgb, self.n_particles, self.recipe, resolution, self.device, views)
 
 
 def make_problem(recipe: Recipe, prior: DiffusionPrior, prompt: str, generator: torch.Generator,

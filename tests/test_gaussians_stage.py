@@ -180,7 +180,8 @@ def test_cli_run_renders_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert (run / "render" / "nerf" / "turntable.gif").exists()
     result = invoke("eval", str(run), "--fid", "--clip-model", "/no/such/clip", "--fid-views", "10", "--fid-samples",
-                    "10", "--sample-steps", "2", "--views", "2", "--resolution", "16", "--json")
+                    "10", "--sample-steps", "2", "--views", "2", "--resolution", "16", "--report",
+                    str(tmp_path / "report.html"), "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert json.loads(result.stdout)[0]["fid"] > 0
     result = invoke("extract", str(run))

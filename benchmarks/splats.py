@@ -177,6 +177,7 @@ def main() -> None:
                         help="override of the splat recipe (held-out tuning)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--representations", nargs="+", choices=["nerf", "gaussians"], default=["nerf", "gaussians"])
+    parser.add_argument("--tag", default="", help="appended to the result file's name (runs side by side)")
     parser.add_argument("--merge", nargs="+", type=Path, help="print the tables of these result files together")
     args = parser.parse_args()
     if args.merge:
@@ -196,7 +197,7 @@ def main() -> None:
     else:
         rows = part_diverse(args.seeds, args.overrides, console)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"splats-{args.part}-{'-'.join(map(str, args.seeds))}.json"
+    out = RESULTS / f"splats-{args.part}-{'-'.join(map(str, args.seeds))}{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                "seconds": time.perf_counter() - tic}, indent=2))
     print(f"wrote {out}")

@@ -17,8 +17,10 @@ from prolificli.methods import METHODS, build_recipe
 from prolificli.optimize import Interrupted
 from prolificli.scene.densify import DensityControl
 from prolificli.scene.gaussians import GaussianCloud
+from prolificli.render.splat import covariances_3d
 from prolificli.scene.nerf import NeRFField
 from prolificli.stages import common, nerf
+from prolificli.stages.gaussians import means_lr_at
 
 from helpers import TINY_RECIPE, invoke
 
@@ -47,6 +49,33 @@ def test_nerf_init_places_gaussians_where_the_field_is_dense():
         _, albedo = field(cloud.means)
     assert cloud.means.norm(dim=-1).quantile(0.95) < 0.6  # in the blob, though candidates fill the box
     assert torch.allclose(cloud.colors(), albedo.clamp(0.02, 0.98), atol=1e-5)
+
+
+def test_smoothing_3d_adds_its_variance_and_keeps_each_gaussians_mass():
+    """Against the 3x3 matrices: Sigma' = Sigma + std^2 I, and opacity' * sqrt(det Sigma') equals
+    opacity * sqrt(det Sigma) (the Gaussian's integral), for rotated, anisotropic Gaussians."""
+    g = torch.Generator().manual_seed(3)
+    n, std = 50, 0.02
+    cloud = GaussianCloud(torch.randn(n, 3, generator=g, dtype=torch.float64),
+                          torch.log(torch.rand(n, 3, generator=g, dtype=torch.float64) * 0.05 + 1e-3),
+                          torch.randn(n, 4, generator=g, dtype=torch.float64),
+                          torch.randn(n, generator=g, dtype=torch.float64) * 3,
+                          torch.zeros(n, 3, dtype=torch.float64))
+    log_scales, opacity_logits = cloud.smoothed(std)
+    sigma = covariances_3d(cloud.log_scales, cloud.quaternions)
+    sigma_smoothed = covariances_3d(log_scales, cloud.quaternions)
+    assert torch.allclose(sigma_smoothed, sigma + std ** 2 * torch.eye(3, dtype=torch.float64), atol=1e-12)
+    mass = cloud.opacities() * torch.linalg.det(sigma).sqrt()
+    assert torch.allclose(torch.sigmoid(opacity_logits) * torch.linalg.det(sigma_smoothed).sqrt(), mass, rtol=1e-9)
+    assert cloud.smoothed(0.0)[0] is cloud.log_scales  # off: the parameters themselves
+
+
+def test_the_means_learning_rate_decays_log_linearly_to_the_last_step():
+    recipe = build_recipe(TINY_RECIPE, ["nerf.steps=101", "gaussians.lr_means=0.01", "gaussians.lr_means_final=0.0001"])
+    assert means_lr_at(recipe, 0) == pytest.approx(0.01)
+    assert means_lr_at(recipe, 50) == pytest.approx(0.001)  # the geometric mean, half way
+    assert means_lr_at(recipe, 100) == pytest.approx(0.0001)
+    assert means_lr_at(build_recipe(TINY_RECIPE, ["gaussians.lr_means=0.01"]), 77) == 0.01  # constant by default
 
 
 def _cloud_and_adam(n=6):
@@ -142,7 +171,9 @@ def splat_recipe(*extra: str):
 
 
 def test_a_run_stopped_after_a_densification_resumes_bit_identical(tiny_model_dir, tmp_path, monkeypatch):
-    recipe = splat_recipe(f"prior.model={tiny_model_dir}")
+    # with the means' learning rate decaying, so the resumed run must take up the schedule too
+    recipe = splat_recipe(f"prior.model={tiny_model_dir}", "gaussians.lr_means_final=0.0001",
+                          "gaussians.render.smoothing_3d=0.01")
     nerf.run(tmp_path / "reference", recipe, prompt="a red cube")
     expected = load_file(tmp_path / "reference" / "nerf" / "checkpoint" / "weights.safetensors")
     counts = [json.loads(line).get("gaussians") for line in

@@ -152,6 +152,12 @@ class SplatRenderConfig:
     backend: Literal["auto", "torch", "gsplat"] = "auto"
     tile_size: int = 8  # 8 px: on a CPU smaller tiles waste fewer pixel-Gaussian pairs (3DGS on GPUs: 16)
     low_pass: float = 0.3  # px^2 added to every 2D covariance (3DGS's dilation): at least ~1 px wide
+    # Mip-Splatting's 3D smoothing filter (Yu et al. 2024, Sec. 4), world units (0: off): every 3D
+    # covariance gains smoothing_3d^2 I and the opacity is scaled to keep each Gaussian's mass.
+    # Without it, splats trained at a low resolution shrink below a training pixel: right at that
+    # resolution, ragged and holed above it. About 0.45 (sqrt of the paper's 0.2) of the training
+    # pixel's footprint at the nearest surface.
+    smoothing_3d: float = 0.0
     min_alpha: float = 1.0 / 255.0  # a Gaussian adds nothing to a pixel where its alpha is below this
     max_alpha: float = 0.99  # keeps log(1 - alpha) finite
     stop_transmittance: float = 1e-4  # a pixel ends where the transmittance in front falls below this
@@ -198,6 +204,10 @@ class GaussiansConfig:
     init_opacity: float = 0.1
     init_from: str | None = None  # a run directory with a complete NeRF stage (init: nerf)
     lr_means: float = 0.001  # Adam, world units
+    # the means' lr decays exponentially to this at the last step (None: constant), as 3DGS's
+    # position lr does: Adam moves every splat by about lr per step whatever the gradient's size,
+    # so under the noisy score a constant lr keeps the splats wandering once the shape is found
+    lr_means_final: float | None = None
     lr_log_scales: float = 0.005
     lr_quaternions: float = 0.001
     lr_opacity: float = 0.05

@@ -59,13 +59,27 @@ class GaussianCloud(nn.Module):
     def render(self, background, cameras: Cameras, resolution: int, cfg: SplatRenderConfig,
                background_color: Tensor | None = None) -> SplatOutput:
         """rgb, opacity and depth [B,R,R,*] from `cameras`, over `background` (or background_color [B,3])."""
-        args = (self.means, self.log_scales, self.quaternions, self.opacity_logits, self.colors(), background,
+        log_scales, opacity_logits = self.smoothed(cfg.smoothing_3d)
+        args = (self.means, log_scales, self.quaternions, opacity_logits, self.colors(), background,
                 cameras, resolution, resolution)
         if cfg.backend == "gsplat":
             from ..render.gsplat_backend import render_gaussians_gsplat  # CUDA: imported only when chosen
 
             return render_gaussians_gsplat(*args, cfg, background_color=background_color)
         return render_gaussians(*args, cfg, background_color=background_color)
+
+    def smoothed(self, std: float) -> tuple[Tensor, Tensor]:
+        """log-scales and opacity logits [N,3], [N] after Mip-Splatting's 3D filter: Sigma + std^2 I
+        (the same rotation, each axis' variance plus std^2), opacity times
+        sqrt(det Sigma / det(Sigma + std^2 I)), so a Gaussian far below std becomes a faint blob
+        of std rather than a bright point. std 0: the parameters unchanged."""
+        if std <= 0:
+            return self.log_scales, self.opacity_logits
+        variance = torch.exp(2 * self.log_scales)
+        smoothed = variance + std ** 2
+        log_mass = 0.5 * (torch.log(variance) - torch.log(smoothed)).sum(-1)  # log sqrt(det ratio) <= 0
+        opacity = (torch.nn.functional.logsigmoid(self.opacity_logits) + log_mass).exp().clamp(max=1 - 1e-6)
+        return 0.5 * torch.log(smoothed), torch.log(opacity) - torch.log1p(-opacity)
 
     def parameters_by_name(self) -> dict[str, nn.Parameter]:
         return {name: getattr(self, name) for name in PARAMETERS}

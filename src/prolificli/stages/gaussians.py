@@ -24,6 +24,16 @@ from .common import Prompter
 from .first_stage import opacity_regularization, preview_grid, random_background_color, resolution_at
 
 
+def means_lr_at(recipe: Recipe, step: int) -> float:
+    """The means' learning rate at `step`: log-linear from lr_means (step 0) to lr_means_final
+    (the last step), or constant."""
+    cfg = recipe.gaussians
+    if cfg.lr_means_final is None:
+        return cfg.lr_means
+    progress = min(step / max(recipe.nerf.steps - 1, 1), 1.0)
+    return float(np.exp((1 - progress) * np.log(cfg.lr_means) + progress * np.log(cfg.lr_means_final)))
+
+
 def initial_clouds(recipe: Recipe, n: int) -> list[GaussianCloud]:
     """Particles 0..n-1 as the recipe starts them (from the global seed, as the NeRF's fields)."""
     cfg = recipe.gaussians
@@ -79,6 +89,10 @@ class GaussianParticles(Problem):
         background_color = random_background_color(self.recipe, len(view.cameras), self.generator,
                                                    self.tensor_generator, self.device)
         cloud = self.clouds[particle]
+        # set here, from the step alone, so a resumed run follows the same schedule
+        for group in self.optimizers[particle].param_groups:
+            if group["name"] == "means":
+                group["lr"] = means_lr_at(self.recipe, step)
         out = cloud.render(self.backgrounds[particle], view.cameras.to(self.device), view.resolution,
                            self.recipe.gaussians.render, background_color=background_color)
         out.means2d.retain_grad()

@@ -162,10 +162,21 @@ def part_diverse(seeds, overrides, console) -> list[dict]:
                "distinct": statistics.mean(p["distinct"] for p in per_prompt.values())}
         rows.append(row)
         console.print(json.dumps(row), highlight=False)
-    values = [r["distinct"] for r in rows]
-    print(f"\nsplats, 4 particles: distinct readings per prompt {statistics.mean(values):.2f} "
-          f"[{min(values):.2f}, {max(values):.2f}] over seeds {seeds} (NeRF: 2.89 [2.67, 3.00])")
+    print_diverse(rows)
     return rows
+
+
+def print_diverse(rows: list[dict]) -> None:
+    print(f"\n{'seed':>4} | " + " | ".join(f"{p:<14}" for p in MULTI) + " | distinct per prompt")
+    for row in rows:
+        print(f"{row['seed']:>4} | " + " | ".join(f"{row['per_prompt'][p]['distinct']:<14}" for p in MULTI)
+              + f" | {row['distinct']:.2f}")
+    values = [r["distinct"] for r in rows]
+    per_prompt = {p: statistics.mean(r["per_prompt"][p]["distinct"] for r in rows) for p in MULTI}
+    accuracy = statistics.mean(r["per_prompt"][p]["accuracy"] for r in rows for p in MULTI)
+    print(f"splats, 4 particles: distinct readings per prompt {statistics.mean(values):.2f} "
+          f"[{min(values):.2f}, {max(values):.2f}] over seeds {[r['seed'] for r in rows]} (NeRF: 2.89 [2.67, 3.00]); "
+          + ", ".join(f"'{p}' {v:.2f}" for p, v in per_prompt.items()) + f"; prompt accuracy {accuracy:.2f}")
 
 
 def main() -> None:
@@ -182,7 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
-        print_toy(rows)
+        print_diverse(rows) if "per_prompt" in rows[0] else print_toy(rows)
         return
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries

@@ -94,6 +94,24 @@ def gltf_validator():
 
 
 @pytest.fixture(scope="session")
+def splat_transform():
+    """run(*args) -> PlayCanvas's splat-transform CLI (tools/js) on those arguments: its stdout,
+    after asserting that it exited 0 and wrote nothing to stderr."""
+    node = shutil.which("node")
+    cli = JS_TOOLS / "node_modules" / "@playcanvas" / "splat-transform" / "bin" / "cli.mjs"
+    if node is None or not cli.is_file():
+        missing_tool(f"needs node and @playcanvas/splat-transform: npm ci --prefix {JS_TOOLS}")
+
+    def run(*args: str | Path) -> str:
+        done = subprocess.run([node, str(cli), "--no-tty", "--quiet", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0 and not done.stderr.strip(), (done.returncode, done.stderr)
+        return done.stdout
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def report_in_chromium():
     """open(report, screenshot) -> what tools/js/report-screenshot.mjs saw in headless Chromium,
     every network request refused: {viewers, states, boxes, requests, errors}."""

@@ -19,6 +19,7 @@ from prolificli.scene.densify import DensityControl
 from prolificli.scene.gaussians import GaussianCloud
 from prolificli.render.splat import covariances_3d
 from prolificli.scene.nerf import NeRFField
+from prolificli.scene.splat_ply import read_splat_ply
 from prolificli.stages import common, nerf
 from prolificli.stages.gaussians import means_lr_at
 
@@ -207,6 +208,12 @@ def test_cli_run_renders_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, (result.stderr, result.exception)
     manifest = json.loads((run / "nerf" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
+    # each particle as a 3DGS PLY, every Gaussian of the final checkpoint
+    weights = load_file(run / "nerf" / "checkpoint" / "weights.safetensors")
+    assert [o for o in manifest["outputs"] if o.endswith(".ply")] == ["splats/particle0.ply", "splats/particle1.ply"]
+    for k in range(2):
+        cloud = read_splat_ply(run / "nerf" / "splats" / f"particle{k}.ply")
+        assert torch.allclose(cloud.means, weights[f"particle{k}.gaussians.means"])
     result = invoke("render", str(run), "--resolution", "32", "--frames", "4")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert (run / "render" / "nerf" / "turntable.gif").exists()
@@ -215,8 +222,10 @@ def test_cli_run_renders_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
                     str(tmp_path / "report.html"), "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert json.loads(result.stdout)[0]["fid"] > 0
-    result = invoke("extract", str(run))
-    assert result.exit_code == 2 and "Gaussian-splat run" in result.stderr
+    # the mesh route: the Gaussians' summed density on the tet grid
+    result = invoke("extract", str(run), "--set", "extract.resolution=16")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert (run / "extract" / "mesh.ply").stat().st_size > 0
 
 
 def test_init_from_needs_splats(tmp_path):

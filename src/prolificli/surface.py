@@ -14,20 +14,24 @@ density. Also used by `eval --geometry` to measure a NeRF's surface.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import evaluation_orbit
+from .cameras import Cameras, evaluation_orbit
 from .config import ExtractConfig, Recipe, VolumeRenderConfig
 from .mesh.dmtet import DMTet
 from .mesh.mesh import Mesh
 from .mesh.tets import TetGrid
 from .render.volume import intersect_box, render_rays
 from .rundir.directory import ArtifactError
+from .scene.gaussians import GaussianCloud
 from .scene.nerf import albedo_across_surface
+from .scene.splat_field import SplatDensityField
 
+OpacityFn = Callable[[Cameras, int], Tensor]  # (cameras, resolution) -> opacity [B,H,W(,1)]
 PROBE_RESOLUTION = 96  # cells per side of the whole-field probe that finds the object
 CHUNK = 1 << 18
 
@@ -39,8 +43,9 @@ def query(field, points: Tensor) -> Tensor:
 
 @torch.no_grad()
 def automatic_threshold(field, render_cfg: VolumeRenderConfig, recipe: Recipe, views: int = 8,
-                        resolution: int = 48, samples: int = 192) -> float:
-    """The density level whose surface has the NeRF's own silhouette.
+                        resolution: int = 48, samples: int = 192, own_opacity: OpacityFn | None = None) -> float:
+    """The density level whose surface has the NeRF's own silhouette (or the one `own_opacity`
+    renders: a splat particle's).
 
     A ray meets the level set {density > tau} iff the largest density along it exceeds tau, so
     the mesh's silhouette for any tau is known from one march per ray. Choose tau to maximise the
@@ -49,7 +54,10 @@ def automatic_threshold(field, render_cfg: VolumeRenderConfig, recipe: Recipe, v
     spikes of a hazy, noisy NeRF: its level set would be porous and too small.)"""
     cameras = evaluation_orbit(recipe.camera, views)
     origins, directions = (t.reshape(-1, 3) for t in cameras.rays(resolution, resolution))
-    covered = render_rays(field, origins, directions, render_cfg, stratified=False)["opacity"][:, 0] > 0.5
+    if own_opacity is not None:
+        covered = own_opacity(cameras, resolution).reshape(-1) > 0.5  # [B,H,W] in the rays' order
+    else:
+        covered = render_rays(field, origins, directions, render_cfg, stratified=False)["opacity"][:, 0] > 0.5
     if not covered.any():
         raise ArtifactError("the NeRF renders nothing opaque from the evaluation orbit, so no surface "
                             "threshold can be measured; pass --threshold")
@@ -80,11 +88,13 @@ class Surface:
 
 @torch.no_grad()
 def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
-                    render_cfg: VolumeRenderConfig) -> Surface:
-    """Everything `prolific extract` computes, for any field with .density(x) (and x in [-bound, bound]^3)."""
+                    render_cfg: VolumeRenderConfig, own_opacity: OpacityFn | None = None) -> Surface:
+    """Everything `prolific extract` computes, for any field with .density(x) (and x in [-bound, bound]^3).
+    own_opacity: how the particle renders its opacity, where it is not the field's volume render."""
     from scipy import ndimage
 
-    threshold = cfg.threshold if cfg.threshold is not None else automatic_threshold(field, render_cfg, recipe)
+    threshold = cfg.threshold if cfg.threshold is not None else \
+        automatic_threshold(field, render_cfg, recipe, own_opacity=own_opacity)
     probe = TetGrid.cube(PROBE_RESOLUTION, bound)
     probe_points = probe.vertices()
     density = query(field, probe_points)
@@ -122,3 +132,28 @@ def extract_surface(field, bound: float, cfg: ExtractConfig, recipe: Recipe,
                                               normals[i : i + CHUNK // 16], 4 * cell)
                         for i in range(0, len(mesh.vertices), CHUNK // 16)]) if len(mesh.vertices) else None
     return Surface(dmtet, Mesh(mesh.vertices, mesh.faces, albedo), threshold, len(small))
+
+
+def first_stage_field(first, particle: int):
+    """Particle k of an opened first stage (outputs.open_first_stage) as a field with density(x)
+    and (density, albedo)(x): the NeRF itself, or a splat particle's Gaussians summed into one
+    (scene/splat_field.py)."""
+    model, _ = first.particle(particle)
+    if isinstance(model, GaussianCloud):
+        return SplatDensityField(model, first.recipe.nerf.field.bound, first.recipe.gaussians.render.smoothing_3d)
+    return model.requires_grad_(False)
+
+
+def first_stage_surface(first, particle: int, cfg: ExtractConfig, recipe: Recipe | None = None) -> Surface:
+    """extract_surface of particle k of an opened first stage: a NeRF's density, or a splat
+    particle's with the threshold matched to the splats' own rendered silhouette. `recipe` gives
+    the cameras of the threshold's views (the first stage's by default)."""
+    model, background = first.particle(particle)
+    field, recipe = first_stage_field(first, particle), recipe or first.recipe
+    own_opacity = None
+    if isinstance(model, GaussianCloud):
+        def own_opacity(cameras: Cameras, resolution: int) -> Tensor:
+            return model.render(background, cameras, resolution, first.recipe.gaussians.render).opacity
+
+    return extract_surface(field, first.recipe.nerf.field.bound, cfg, recipe, first.recipe.nerf.render,
+                           own_opacity=own_opacity)

@@ -3,7 +3,7 @@
 Chamfer distance (in % of the object's longest side) between the run's surface and the true
 mesh, and volume IoU on a 64^3 lattice around both: the true inside from the analytic signed
 distance, ours from the run's watertight mesh, voxelised and filled. A NeRF stage's surface is
-what `prolific extract` would make of it (computed in memory, nothing written).
+what `prolific extract` would make of it (computed in memory, nothing written), NeRF or splats.
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ LATTICE = 64
 
 
 def surface_of(run: RunDir, stage: str, particle: int = 0) -> Mesh:
-    from ..rundir.outputs import open_mesh, open_nerf, open_textured
+    from ..rundir.outputs import open_first_stage, open_mesh, open_textured
 
     if stage == "texture":
         return open_textured(run).mesh
     if stage != "nerf":
         return open_mesh(run, stage).exported()
-    from ..surface import extract_surface
+    from ..surface import first_stage_surface
 
-    nerf = open_nerf(run)
-    field, _ = nerf.particle(particle)
-    recipe = nerf.recipe
-    cfg = replace(recipe.extract, particle=particle)
-    return extract_surface(field, recipe.nerf.field.bound, cfg, recipe, recipe.nerf.render).mesh
+    first = open_first_stage(run)
+    return first_stage_surface(first, particle, replace(first.recipe.extract, particle=particle)).mesh
 
 
 def volume_iou(mesh: trimesh.Trimesh, inside_truth, lo: np.ndarray, hi: np.ndarray, n: int = LATTICE) -> float:

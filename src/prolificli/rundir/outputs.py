@@ -136,9 +136,7 @@ def open_gaussians(run: RunDir | Path, device: str | torch.device = "cpu") -> Ga
     particles = []
     for i in range(recipe.nerf.particles):
         part = CheckpointKeys.particle(i)
-        state = prefixed(tensors, part + "gaussians.")
-        cloud = GaussianCloud(*(state[name] for name in ("means", "log_scales", "quaternions", "opacity_logits",
-                                                           "color_logits")))
+        cloud = GaussianCloud.from_tensors(prefixed(tensors, part + "gaussians."))
         background = Background(recipe.nerf.background)
         background.load_state_dict(prefixed(tensors, part + "background."))
         particles.append((cloud.to(device).eval(), background.to(device).eval()))

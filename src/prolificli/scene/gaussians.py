@@ -92,6 +92,11 @@ class GaussianCloud(nn.Module):
     def tensors(self) -> dict[str, Tensor]:
         return {name: param.detach() for name, param in self.parameters_by_name().items()}
 
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> GaussianCloud:
+        """A cloud from `tensors()`' dictionary (a checkpoint's part)."""
+        return cls(*(tensors[name] for name in PARAMETERS))
+
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Take a checkpoint's tensors, of any N. New Parameter objects: rebuild the optimiser after."""
         for name in PARAMETERS:

@@ -1,5 +1,6 @@
-"""`prolific extract`: a DMTet tet grid and a watertight mesh from a NeRF particle's density
-(`surface.extract_surface` computes it), its checkpoint, PLY and preview.
+"""`prolific extract`: a DMTet tet grid and a watertight mesh from a NeRF particle's density, or a
+splat particle's Gaussians summed into one (`surface.first_stage_surface` computes it), its
+checkpoint, PLY and preview.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..files import write_png
 from ..mesh.export import save_ply
 from ..rundir.checkpoint import CheckpointKeys, save_checkpoint
 from ..rundir.directory import ArtifactError, RunDir
-from ..surface import extract_surface
+from ..surface import first_stage_surface
 from .common import open_stage
 from .mesh_preview import preview_grid
 
@@ -52,20 +53,19 @@ def run(run_dir: Path, recipe: Recipe, *, prompt: str | None = None, resume: boo
 
 
 def _extract(opened, recipe: Recipe, console: Console) -> ExtractResult:
-    from ..rundir.outputs import open_nerf
+    from ..rundir.outputs import open_first_stage
 
     run, stage = opened.run, opened.stage
-    nerf = open_nerf(run)
-    nerf_recipe, k = nerf.recipe, recipe.extract.particle
-    field, _ = nerf.particle(k)
+    first = open_first_stage(run)
+    k = recipe.extract.particle
+    first.particle(k)  # a missing particle is refused before anything is written
 
     tic = time.perf_counter()
     nerf_checkpoint = run.stage("nerf").checkpoint_dir
     stage.begin(to_dict(recipe), 1, inputs=[nerf_checkpoint])
     try:
         with console.status(f"extracting particle {k} on a {recipe.extract.resolution}-cell tet grid"):
-            surface = extract_surface(field, nerf_recipe.nerf.field.bound, recipe.extract, recipe,
-                                      nerf_recipe.nerf.render)
+            surface = first_stage_surface(first, k, recipe.extract, recipe)
         if len(surface.mesh.faces) == 0:
             raise ArtifactError("the extracted mesh is empty after removing small pieces; lower --threshold")
         tensors = {CheckpointKeys.DMTET + name: value for name, value in surface.dmtet.tensors().items()}

@@ -17,9 +17,11 @@ from ..optimize import OptimizationFailed, Problem, Rendered, View
 from ..prior import DiffusionPrior
 from ..render.background import Background
 from ..render.splat import SplatOutput
-from ..rundir.checkpoint import CheckpointKeys, prefixed
+from ..rundir.checkpoint import CheckpointKeys, load_checkpoint, prefixed
+from ..rundir.directory import StageDir
 from ..scene.densify import DensityControl
 from ..scene.gaussians import GaussianCloud
+from ..scene.splat_ply import write_splat_ply
 from .common import Prompter
 from .first_stage import opacity_regularization, preview_grid, random_background_color, resolution_at
 
@@ -47,6 +49,18 @@ def initial_clouds(recipe: Recipe, n: int) -> list[GaussianCloud]:
         fields = [field for field, _ in nerf.particles]
         return [GaussianCloud.from_nerf(fields[i % len(fields)], cfg) for i in range(n)]
     return [GaussianCloud.initial(cfg, recipe.nerf.field.bound) for _ in range(n)]
+
+
+def write_splat_files(stage: StageDir, recipe: Recipe) -> list[str]:
+    """splats/particleK.ply, the 3D Gaussian splatting PLY (scene/splat_ply.py), for every particle
+    of the run: read back from the final checkpoint, which holds every rank's particles."""
+    tensors = load_checkpoint(stage.checkpoint_dir).tensors
+    (stage.path / "splats").mkdir(exist_ok=True)
+    names = [f"splats/particle{i}.ply" for i in range(recipe.nerf.particles)]
+    for i, name in enumerate(names):
+        cloud = GaussianCloud.from_tensors(prefixed(tensors, CheckpointKeys.particle(i) + "gaussians."))
+        write_splat_ply(stage.path / name, cloud, recipe.gaussians.render.smoothing_3d)
+    return names
 
 
 class GaussianParticles(Problem):

@@ -25,6 +25,7 @@ from ..render.mesh import normal_image, render_mesh
 from ..rundir.checkpoint import CheckpointKeys, prefixed
 from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import albedo_across_surface
+from ..surface import first_stage_field
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .mesh_preview import preview_grid
 
@@ -124,7 +125,7 @@ class GeometryProblem(Problem):
 def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resume: bool = False,
         force: bool = False, console: Console | None = None, prior=None, world: World = World()) -> StageResult:
     """Refine the run's extracted mesh (the stage contract: see stages/__init__.py; one process)."""
-    from ..rundir.outputs import open_mesh, open_nerf
+    from ..rundir.outputs import open_first_stage, open_mesh
 
     console = console or Console(stderr=True)
     if world.active:
@@ -134,7 +135,7 @@ def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resu
     with opened:
         recipe = opened.recipe
         dmtet = open_mesh(run, "extract").dmtet
-        albedo_field = open_nerf(run).particle(recipe.extract.particle)[0].requires_grad_(False)
+        albedo_field = first_stage_field(open_first_stage(run), recipe.extract.particle)  # NeRF or splats
 
         session = start_session(recipe, console, prior=prior, resumed=opened.resumed)
         prior = session.prior

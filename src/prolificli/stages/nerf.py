@@ -29,7 +29,7 @@ from ..rundir.directory import ArtifactError, RunDir
 from ..scene.nerf import NeRFField
 from .common import LoopSettings, Prompter, StageResult, open_stage, optimize_stage, start_session
 from .first_stage import opacity_regularization, preview_grid, random_background_color, resolution_at
-from .gaussians import GaussianParticles
+from .gaussians import GaussianParticles, write_splat_files
 from .image import ImageParticles
 
 STAGE = "nerf"
@@ -163,7 +163,11 @@ def run(run_dir: Path, recipe: Recipe | None, *, prompt: str | None = None, resu
         recipe, prompt = opened.recipe, run.info["prompt"]
         session = start_session(recipe, console, world, prior, resumed=opened.resumed)
         particles = make_problem(recipe, session.prior, prompt, session.generator, session.tensor_generator, world)
-        finalize = (lambda: particles.write_images(opened.stage.path)) if isinstance(particles, ImageParticles) else None
+        finalize = None  # what the stage writes besides its checkpoint, once complete
+        if isinstance(particles, ImageParticles):
+            finalize = lambda: particles.write_images(opened.stage.path)  # noqa: E731
+        elif isinstance(particles, GaussianParticles):
+            finalize = lambda: write_splat_files(opened.stage, recipe)  # noqa: E731
         distiller = build_distiller(recipe.guidance, recipe, session.prior, world=world)
         return optimize_stage(opened, session, particles, distiller, settings=LoopSettings.of(recipe.nerf), inputs=[],
                               title=f"{recipe.scene.representation} {recipe.guidance.method}", console=console,

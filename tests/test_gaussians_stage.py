@@ -226,6 +226,13 @@ def test_cli_run_renders_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
     result = invoke("extract", str(run), "--set", "extract.resolution=16")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert (run / "extract" / "mesh.ply").stat().st_size > 0
+    for stage in ("geometry", "texture"):  # coloured from the splats, then textured
+        result = invoke(stage, str(run), "--set", f"{stage}.steps=2")
+        assert result.exit_code == 0, (stage, result.stderr, result.exception)
+    assert (run / "texture" / "model.glb").exists()
+    result = invoke("eval", str(run), "--geometry", "--stage", "nerf", "--json", "--report", str(tmp_path / "geo.html"))
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert 0 < json.loads(result.stdout)[0]["chamfer_pct"] < 100
 
 
 def test_init_from_needs_splats(tmp_path):

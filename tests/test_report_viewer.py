@@ -91,3 +91,65 @@ def test_a_report_without_meshes_carries_no_viewer(tmp_path):
                           [None], ["run", "stage"], [None])
     page = report.read_text()
     assert "<model-viewer" not in page and "<script" not in page and report.stat().st_size < 20_000
+
+
+# -- the splat viewer (Spark) ------------------------------------------------------------------
+
+
+def test_the_vendored_splat_viewer_is_the_pinned_packages_bundled(tmp_path):
+    """splat-viewer.min.js is what vendor.sh's esbuild makes of the pinned Spark and three.js."""
+    import subprocess
+
+    from conftest import JS_TOOLS, missing_tool
+
+    pinned = json.loads((JS_TOOLS / "package.json").read_text())["devDependencies"]
+    versions = json.loads((VIEWER / "versions.json").read_text())
+    assert versions["@sparkjsdev/spark"] == pinned["@sparkjsdev/spark"] and versions["three"] == pinned["three"]
+    assert "MIT License" in (VIEWER / "LICENSE.spark").read_text()
+    esbuild = JS_TOOLS / "node_modules" / ".bin" / "esbuild"
+    if not esbuild.exists():
+        missing_tool(f"needs the pinned npm packages: npm ci --prefix {JS_TOOLS}")
+    for package in ("@sparkjsdev/spark", "three"):
+        assert json.loads((JS_TOOLS / "node_modules" / package / "package.json").read_text())["version"] == pinned[package]
+    subprocess.run([str(esbuild), str(JS_TOOLS / "splat-viewer-entry.mjs"), "--bundle", "--minify", "--format=iife",
+                    "--legal-comments=none", "--log-level=warning", f"--outfile={tmp_path / 'bundle.js'}"], check=True)
+    assert (tmp_path / "bundle.js").read_bytes() == (VIEWER / "splat-viewer.min.js").read_bytes(), "run tools/js/vendor.sh"
+
+
+def red_splat_ply() -> bytes:
+    from prolificli.config import GaussiansConfig
+    from prolificli.scene.gaussians import GaussianCloud
+    from prolificli.scene.splat_ply import splat_ply_bytes
+
+    cloud = GaussianCloud.initial(GaussiansConfig(count=3000, init_radius=0.4, init_opacity=0.9), 1.0,
+                                  generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cloud.color_logits[:] = torch.logit(torch.tensor(RED))
+    return splat_ply_bytes(cloud)
+
+
+def test_splat_viewer_shows_the_splats_colour_offline(tmp_path, report_in_chromium):
+    from prolificli.evaluation.report import SplatModel
+
+    report = write_report(tmp_path / "report.html", [{"run": "red ball", "stage": "nerf"}], [blue_turntable()], [None],
+                          ["run", "stage"], splats=[SplatModel(red_splat_ply(), 1.4, 50.0)])
+    seen = report_in_chromium(report, tmp_path / "shot.png")
+    assert seen["splats"] == 1 and seen["splatStates"] == ["loaded"], seen
+    assert seen["requests"] == [] and seen["errors"] == [], seen  # nothing fetched: one file, offline
+    pixels = region(tmp_path / "shot.png", seen["splatBoxes"][0])
+    reddish = (pixels[..., 0] > 150) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    assert reddish.mean() > 0.2  # a ball of radius 0.4 seen from 1.4 away, unshaded albedo
+    assert fraction(pixels, BLUE, 40) < 0.01
+    image = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+    assert fraction(image, BLUE, 10) < 0.001  # the GIF gave way to the viewer
+
+
+def test_splat_viewer_gives_way_to_the_gif_when_the_file_is_broken(tmp_path, report_in_chromium):
+    from prolificli.evaluation.report import SplatModel
+
+    report = write_report(tmp_path / "report.html", [{"run": "broken", "stage": "nerf"}], [blue_turntable()], [None],
+                          ["run", "stage"], splats=[SplatModel(b"ply\nnot really", 1.4, 50.0)])
+    seen = report_in_chromium(report, tmp_path / "shot.png")
+    assert seen["splatStates"] == ["error"], seen
+    image = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+    assert fraction(image, BLUE, 10) > 0.05  # the GIF is on the page instead

@@ -1,6 +1,8 @@
 // Open an eval report in headless Chromium with every network request refused, wait until each
-// <model-viewer> has loaded its model or failed, write a screenshot and print, as JSON:
+// <model-viewer> and each splat viewer (canvas.splat-viewer) has loaded its model or failed, write a
+// screenshot and print, as JSON:
 // {viewers, states: ["loaded" | "error" | null per viewer], boxes: [{x, y, width, height}],
+//  splats, splatStates, splatBoxes (the same for the splat viewers),
 //  requests: [URLs that were refused], errors: [page errors]}.
 // Usage: node report-screenshot.mjs REPORT.html SCREENSHOT.png
 // Chromium: $CHROMIUM, else /usr/bin/chromium (Debian's). WebGL runs on SwiftShader (the CPU).
@@ -40,13 +42,23 @@ try {
       { timeout: 90000 }).catch(() => {});
     await page.waitForTimeout(1500);  // a few frames after the model appears
   }
-  const states = await page.$$eval("model-viewer", (all) => all.map((v) => v.dataset.state || null));
-  const boxes = await page.$$eval("model-viewer", (all) => all.map((v) => {
-    const r = v.getBoundingClientRect();
-    return { x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height };
-  }));
+  const splats = await page.locator("canvas.splat-viewer").count();
+  if (splats > 0) {
+    await page.waitForFunction(
+      () => [...document.querySelectorAll("canvas.splat-viewer")].every((v) => v.dataset.state), null,
+      { timeout: 90000 }).catch(() => {});
+    await page.waitForTimeout(500);
+  }
+  const seen = async (selector) => [
+    await page.$$eval(selector, (all) => all.map((v) => v.dataset.state || null)),
+    await page.$$eval(selector, (all) => all.map((v) => {
+      const r = v.getBoundingClientRect();
+      return { x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height };
+    }))];
+  const [states, boxes] = await seen("model-viewer");
+  const [splatStates, splatBoxes] = await seen("canvas.splat-viewer");
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ viewers, states, boxes, requests: refused, errors }));
+  console.log(JSON.stringify({ viewers, states, boxes, splats, splatStates, splatBoxes, requests: refused, errors }));
 } finally {
   await browser.close();
 }

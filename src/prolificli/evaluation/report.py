@@ -3,7 +3,9 @@ numbers, and its loss curve from metrics.jsonl, all embedded as base64 so the fi
 
 A run with a textured mesh also gets an interactive 3D view of its GLB: Google's <model-viewer>
 (viewer/model-viewer.min.js, a pinned npm release vendored with its licences by tools/js/vendor.sh)
-inlined into the page, so it works offline from the one file. Where the viewer cannot run (no
+inlined into the page, so it works offline from the one file. A run with Gaussian-splat particles
+gets one of its splat PLY: Spark, a three.js splat renderer (viewer/splat-viewer.min.js, Spark and
+three.js bundled into one script by tools/js/vendor.sh). Where a viewer cannot run (no
 JavaScript, no WebGL, the model fails to load) the page shows the turntable GIF instead.
 """
 
@@ -16,6 +18,7 @@ from functools import lru_cache
 from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,13 +58,18 @@ def loss_curve_png(metrics_path: Path, keys: tuple[str, ...] = ("loss",)) -> byt
     return buffer.getvalue()
 
 
-@lru_cache(maxsize=1)
-def model_viewer_js() -> str:
-    """The vendored <model-viewer> bundle (three.js included), ready to inline in a <script>."""
-    script = files(__package__).joinpath("viewer", "model-viewer.min.js").read_text(encoding="utf-8")
+@lru_cache(maxsize=2)
+def vendored_js(name: str) -> str:
+    """A vendored viewer bundle (viewer/NAME), ready to inline in a <script>."""
+    script = files(__package__).joinpath("viewer", name).read_text(encoding="utf-8")
     if "</script" in script.lower():  # would end the inline element early
-        raise RuntimeError("the vendored model-viewer bundle contains '</script' and cannot be inlined")
+        raise RuntimeError(f"the vendored bundle {name} contains '</script' and cannot be inlined")
     return script
+
+
+def model_viewer_js() -> str:
+    """The vendored <model-viewer> bundle (three.js included)."""
+    return vendored_js("model-viewer.min.js")
 
 
 # Each viewer records how loading ended in data-state (the Chromium test reads it). The CSS shows
@@ -77,10 +85,45 @@ for (const viewer of document.querySelectorAll("model-viewer")) {
   });
 }
 """
+# Each splat viewer is a canvas carrying its PLY (base64) and the evaluation camera's distance and
+# field of view; the script draws it with Spark, orbiting about +z (our world is z-up), and marks it
+# data-state="loaded" once it has drawn frames, or "error". The GIF stays on show until then.
+SPLAT_VIEWER_SCRIPT = """
+const { THREE, OrbitControls, SparkRenderer, SplatMesh } = window.prolificSplatViewer;
+async function show(canvas) {
+  const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
+  const scene = new THREE.Scene();
+  scene.background = new THREE.Color(1, 1, 1);
+  const distance = Number(canvas.dataset.distance), elevation = Math.PI / 6;
+  const camera = new THREE.PerspectiveCamera(Number(canvas.dataset.fovy), canvas.width / canvas.height, 0.01, 100);
+  camera.up.set(0, 0, 1);
+  camera.position.set(distance * Math.cos(elevation), 0, distance * Math.sin(elevation));
+  const controls = new OrbitControls(camera, canvas);
+  controls.autoRotate = true;
+  const bytes = Uint8Array.from(atob(canvas.dataset.ply), (c) => c.charCodeAt(0));
+  const splats = new SplatMesh({ fileBytes: bytes, fileType: "ply" });
+  scene.add(new SparkRenderer({ renderer }));
+  scene.add(splats);
+  await splats.initialized;
+  let frames = 0;
+  renderer.setAnimationLoop(() => {
+    controls.update();
+    renderer.render(scene, camera);
+    if (++frames === 30) canvas.dataset.state = "loaded";  // Spark sorts in a worker: a few frames in
+  });
+}
+for (const canvas of document.querySelectorAll("canvas.splat-viewer")) {
+  show(canvas).catch((error) => { canvas.dataset.state = "error"; canvas.title = String(error); });
+}
+"""
+
 VIEWER_CSS = """model-viewer{width:320px;height:320px;background:#fff;border:1px solid #ddd}
 .viewer img.turntable{width:320px} .viewer .fallback{display:none}
 model-viewer:not(:defined), model-viewer.failed{display:none}
-model-viewer:not(:defined) + .fallback, model-viewer.failed + .fallback{display:block}"""
+model-viewer:not(:defined) + .fallback, model-viewer.failed + .fallback{display:block}
+canvas.splat-viewer{width:320px;height:320px;border:1px solid #ddd}
+canvas.splat-viewer:not([data-state=loaded]){display:none}
+canvas.splat-viewer:not([data-state=loaded]) + .fallback{display:block}"""
 
 
 def viewer_html(glb: bytes, name: str, fallback: str) -> str:
@@ -91,23 +134,45 @@ def viewer_html(glb: bytes, name: str, fallback: str) -> str:
             f'<div class="fallback">{fallback}</div></div>')
 
 
+def splat_viewer_html(ply: bytes, name: str, fallback: str, distance: float, fovy_deg: float) -> str:
+    """An orbitable view of one splat PLY, from `distance` with a vertical field of view of
+    `fovy_deg`, with `fallback` (HTML) shown until it draws or where it cannot."""
+    return (f'<div class="viewer"><canvas class="splat-viewer" width="320" height="320" '
+            f'aria-label="{html.escape(name)}" data-distance="{distance}" data-fovy="{fovy_deg}" '
+            f'data-ply="{base64.b64encode(ply).decode()}"></canvas>'
+            f'<div class="fallback">{fallback}</div></div>')
+
+
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
 
 
+class SplatModel(NamedTuple):
+    """A run's splat particle for the report's viewer: its PLY and the evaluation camera."""
+
+    ply: bytes
+    distance: float
+    fovy_deg: float
+
+
 def write_report(path: Path, rows: list[dict], turntables: list[np.ndarray], curves: list[bytes | None],
-                 columns: list[str], models: list[bytes | None] | None = None) -> Path:
+                 columns: list[str], models: list[bytes | None] | None = None,
+                 splats: list[SplatModel | None] | None = None) -> Path:
     """rows: one dict per run (the table's columns); turntables: uint8 [N,H,W,3] frames per run,
-    of the stage measured (row["stage"]); models: per run its textured GLB's bytes, or None."""
+    of the stage measured (row["stage"]); models: per run its textured GLB's bytes, or None;
+    splats: per run its splat particle, or None."""
     models = models if models is not None else [None] * len(rows)
+    splats = splats if splats is not None else [None] * len(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
-    for row, frames, curve, glb in zip(rows, turntables, curves, models):
+    for row, frames, curve, glb, splat in zip(rows, turntables, curves, models, splats):
         cells = "".join(f"<td>{html.escape(format_value(row.get(c)))}</td>" for c in columns)
         gif = f'<img class="turntable" src="{_data_uri(gif_bytes(frames, fps=12), "image/gif")}" alt="turntable">'
         plot = f'<img src="{_data_uri(curve, "image/png")}" alt="loss curve">' if curve else "<p>no curve logged</p>"
+        if splat is not None and row.get("stage") == "nerf":  # the splats the GIF shows: the GIF is the fallback
+            gif = splat_viewer_html(splat.ply, f"{row['run']}: splats", gif, splat.distance, splat.fovy_deg)
         if glb is None:
             shown = gif
         elif row.get("stage") == "texture":  # the viewer shows what the GIF shows: the GIF is its fallback
@@ -120,6 +185,9 @@ def write_report(path: Path, rows: list[dict], turntables: list[np.ndarray], cur
     # the listeners first, so no viewer can load before they are attached
     scripts = (f'<script type="module">{VIEWER_SCRIPT}</script>\n<script type="module">{model_viewer_js()}</script>'
                if any(glb is not None for glb in models) else "")
+    if "splat-viewer" in "".join(body):
+        scripts += (f'\n<script>{vendored_js("splat-viewer.min.js")}</script>'
+                    f'\n<script type="module">{SPLAT_VIEWER_SCRIPT}</script>')
     summary = "".join(f"<tr>{''.join(f'<td>{html.escape(format_value(r.get(c)))}</td>' for c in columns)}</tr>"
                       for r in rows)
     page = f"""<!DOCTYPE html>

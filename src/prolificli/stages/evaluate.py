@@ -70,6 +70,17 @@ def textured_glb(run: RunDir) -> bytes | None:
     return open_textured(run).glb.read_bytes() if "texture" in complete_stages(run) else None
 
 
+def splat_model(run: RunDir, particle: int, distance: float, fovy_deg: float):
+    """The run's splat particle for the report's viewer (its PLY, seen from the evaluation
+    camera), when its first stage is complete with Gaussian-splat particles; else None."""
+    from ..evaluation.report import SplatModel
+
+    path = run.stage("nerf").path / "splats" / f"particle{particle}.ply"
+    if "nerf" not in complete_stages(run) or not path.is_file():  # a NeRF or 2D run
+        return None
+    return SplatModel(path.read_bytes(), distance, fovy_deg)
+
+
 def _label(path: Path, all_paths: list[Path]) -> str:
     """The run's directory name, with its parent's when two runs share a name (sds/x vs vsd/x)."""
     same = sum(Path(p).resolve().name == path.resolve().name for p in all_paths)
@@ -99,7 +110,7 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
             console.print(f"[yellow]no fd_clip: {exc}[/]", highlight=False)
     priors = {}  # each prior loaded once
     inception = InceptionFeatures() if settings.fid else None
-    rows, turntables, curves, models = [], [], [], []
+    rows, turntables, curves, models, splats = [], [], [], [], []
     for path, run, prompt in zip(run_dirs, runs, prompts):
         tic = time.perf_counter()
         stage = settings.stage or latest_stage(run)
@@ -150,9 +161,10 @@ def evaluate(run_dirs: list[Path], settings: EvalSettings, console: Console | No
         turntables.append(to_uint8(frames.rgb[:: max(1, len(frames) // 24)]))
         curves.append(loss_curve_png(run.stage(stage).path / "metrics.jsonl"))
         models.append(textured_glb(run))
+        splats.append(splat_model(run, settings.particle, distance, fovy))
     written = None
     if report is not None:
-        written = write_report(report, rows, turntables, curves, COLUMNS, models)
+        written = write_report(report, rows, turntables, curves, COLUMNS, models, splats)
         write_report_png(report.with_suffix(".png"), rows, turntables, COLUMNS)
     return rows, written
 

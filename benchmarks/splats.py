@@ -167,13 +167,13 @@ def print_toy(rows: list[dict]) -> None:
     print(f"half the NeRF stage's mean wall time: {nerf_wall / 2:.0f} s")
 
 
-def part_diverse(seeds, overrides, console) -> list[dict]:
+def part_diverse(seeds, overrides, console, prompts=MULTI) -> list[dict]:
     from prolificli.toyworld.scorer import load_scorer
 
     scorer, rows = load_scorer(), []
     for seed in seeds:
         per_prompt = {}
-        for prompt in MULTI:
+        for prompt in prompts:
             _, snaps, seconds, _ = run_one("gaussians", prompt, seed, overrides, 10**9, scorer, console,
                                            particles=4, steps=2000)
             reports = snaps[max(snaps)]
@@ -190,13 +190,22 @@ def part_diverse(seeds, overrides, console) -> list[dict]:
 
 
 def print_diverse(rows: list[dict]) -> None:
-    print(f"\n{'seed':>4} | " + " | ".join(f"{p:<14}" for p in MULTI) + " | distinct per prompt")
+    # one row per seed, its prompts gathered from the runs that split them
+    by_seed: dict[int, dict] = {}
     for row in rows:
-        print(f"{row['seed']:>4} | " + " | ".join(f"{row['per_prompt'][p]['distinct']:<14}" for p in MULTI)
-              + f" | {row['distinct']:.2f}")
+        by_seed.setdefault(row["seed"], {}).update(row["per_prompt"])
+    rows = [{"seed": seed, "per_prompt": per_prompt,
+             "distinct": statistics.mean(p["distinct"] for p in per_prompt.values())}
+            for seed, per_prompt in sorted(by_seed.items())]
+    prompts = [p for p in MULTI if any(p in r["per_prompt"] for r in rows)]
+    print(f"\n{'seed':>4} | " + " | ".join(f"{p:<14}" for p in prompts) + " | distinct per prompt")
+    for row in rows:
+        print(f"{row['seed']:>4} | " + " | ".join(f"{row['per_prompt'].get(p, {}).get('distinct', '-'):<14}"
+                                                  for p in prompts) + f" | {row['distinct']:.2f}")
     values = [r["distinct"] for r in rows]
-    per_prompt = {p: statistics.mean(r["per_prompt"][p]["distinct"] for r in rows) for p in MULTI}
-    accuracy = statistics.mean(r["per_prompt"][p]["accuracy"] for r in rows for p in MULTI)
+    per_prompt = {p: statistics.mean(r["per_prompt"][p]["distinct"] for r in rows if p in r["per_prompt"])
+                  for p in prompts}
+    accuracy = statistics.mean(v["accuracy"] for r in rows for v in r["per_prompt"].values())
     print(f"splats, 4 particles: distinct readings per prompt {statistics.mean(values):.2f} "
           f"[{min(values):.2f}, {max(values):.2f}] over seeds {[r['seed'] for r in rows]} (NeRF: 2.89 [2.67, 3.00]); "
           + ", ".join(f"'{p}' {v:.2f}" for p, v in per_prompt.items()) + f"; prompt accuracy {accuracy:.2f}")
@@ -205,7 +214,7 @@ def print_diverse(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["toy", "diverse"], default="toy")
-    parser.add_argument("--prompts", nargs="+", default=SHAPES)
+    parser.add_argument("--prompts", nargs="+", help="default: the 6 shapes (toy), the multi-object prompts (diverse)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override of the splat recipe (held-out tuning)")
@@ -225,11 +234,12 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tic = time.perf_counter()
     if args.part == "toy":
-        rows = part_toy(args.prompts, args.seeds, args.overrides, args.eval_every, console, args.representations)
+        rows = part_toy(args.prompts or SHAPES, args.seeds, args.overrides, args.eval_every, console,
+                        args.representations)
         if set(args.representations) == {"nerf", "gaussians"}:
             print_toy(rows)
     else:
-        rows = part_diverse(args.seeds, args.overrides, console)
+        rows = part_diverse(args.seeds, args.overrides, console, args.prompts or MULTI)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"splats-{args.part}-{'-'.join(map(str, args.seeds))}{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,

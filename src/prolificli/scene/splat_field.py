@@ -56,14 +56,15 @@ class SplatDensityField:
         if len(x) == 0 or len(self.means) == 0:
             return density.to(device, dtype), weighted.to(device, dtype)
         tree = cKDTree(x.numpy())
-        # Gaussians in groups whose pairs fit a chunk, estimated from the first query's density
+        # Gaussians in groups sized so their pairs about fill a chunk, judged from the last group's pairs
         start, step = 0, 1024
         while start < len(self.means):
             stop = min(start + step, len(self.means))
             found = tree.query_ball_point(self.means[start:stop].numpy(), self.reach[start:stop].numpy(),
                                           return_sorted=False)
             counts = torch.tensor([len(f) for f in found])
-            if int(counts.sum()) > 0:
+            pairs = int(counts.sum())
+            if pairs > 0:
                 point = torch.from_numpy(np.concatenate([np.asarray(f, dtype=np.int64) for f in found]))
                 gaussian = torch.repeat_interleave(torch.arange(start, stop), counts)
                 for lo in range(0, len(point), PAIRS_PER_CHUNK):
@@ -72,7 +73,6 @@ class SplatDensityField:
                     term = self.opacities[g] * torch.exp(-0.5 * d.square().sum(-1))
                     density.index_add_(0, p, term)
                     weighted.index_add_(0, p, term[:, None] * self.colors[g])
-            pairs = int(counts.sum())
             start = stop
             step = max(1, min(step * 4, int(step * PAIRS_PER_CHUNK / max(pairs, 1))))
         albedo = torch.where(density[:, None] > 0, weighted / density.clamp(min=1e-12)[:, None],

@@ -5,10 +5,11 @@ against the true object.
     python benchmarks/mesh_stages.py --prompts "a red cube" --set geometry.steps=100
     python benchmarks/mesh_stages.py --prompts "a green cylinder" --set seed=1 \
         --out benchmarks/results/mesh-s1.json
+    python benchmarks/mesh_stages.py --recipe toy-gaussians --out benchmarks/results/mesh_stages_splats.json
 
-For each prompt: a NeRF stage with the toy recipe and the overrides (or, with none, the run
-benchmarks/toyworld.py left in results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and
-`texture` with the same recipe.
+For each prompt: a first stage with the recipe (toy: a NeRF; toy-gaussians: splat particles) and
+the overrides (or, for toy with none, the run benchmarks/toyworld.py left in
+results/toyworld-runs/vsd-cfg7.5/), then `extract`, `geometry` and `texture` with the same recipe.
 Reports Chamfer distance to the true object (in % of its longest side) of the extracted and the
 refined mesh, the toy scorer's accuracy over 8 views of the textured GLB and its silhouette IoU,
 and seconds in all and per step of each stage. Writes results/mesh_stages.json (or --out).
@@ -29,13 +30,14 @@ from prolificli.recipe_files import PACKAGE_RECIPES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-RECIPE = str(PACKAGE_RECIPES / "toy.yaml")
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder"]
 
 
-def nerf_run(prompt: str, workdir: Path, overrides: list[str], console: Console) -> Path:
-    """A NeRF run for `prompt`: the toyworld benchmark's VSD run if there is one and no overrides
-    are given, else a new one with them (e.g. `seed=1`, to repeat a shape)."""
+def first_stage_run(prompt: str, recipe_file: str, workdir: Path, overrides: list[str],
+                    console: Console) -> tuple[Path, float | None]:
+    """A first-stage run for `prompt`: for the toy recipe with no overrides the toyworld benchmark's
+    VSD run if there is one, else a new one (overrides e.g. `seed=1`, to repeat a shape). Returns
+    the run and the seconds it took (None for a copied run)."""
     from prolificli.methods import build_recipe
     from prolificli.stages import nerf
 
@@ -43,11 +45,12 @@ def nerf_run(prompt: str, workdir: Path, overrides: list[str], console: Console)
     out = workdir / slug
     shutil.rmtree(out, ignore_errors=True)
     existing = RESULTS / "toyworld-runs" / "vsd-cfg7.5" / slug
-    if (existing / "nerf" / "manifest.json").exists() and not overrides:
+    if (existing / "nerf" / "manifest.json").exists() and not overrides and Path(recipe_file).stem == "toy":
         shutil.copytree(existing, out)
-    else:
-        nerf.run(out, build_recipe(RECIPE, overrides), prompt=prompt, console=console)
-    return out
+        return out, None
+    tic = time.perf_counter()
+    nerf.run(out, build_recipe(recipe_file, overrides), prompt=prompt, console=console)
+    return out, time.perf_counter() - tic
 
 
 def step_seconds(stage: Path) -> float:
@@ -65,6 +68,8 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
+    parser.add_argument("--recipe", choices=["toy", "toy-gaussians"], default="toy",
+                        help="the first stage's recipe: NeRF particles (toy) or Gaussian splats")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra recipe override, for the NeRF stage and the mesh stages")
     parser.add_argument("--runs", type=Path, default=RESULTS / "mesh-runs")
@@ -84,9 +89,10 @@ def main() -> None:
     rows = []
     for prompt in args.prompts:
         shape, _ = parse_prompt(prompt)
-        run = nerf_run(prompt, args.runs, args.overrides, console)
+        recipe_file = str(PACKAGE_RECIPES / f"{args.recipe}.yaml")
+        run, t_first = first_stage_run(prompt, recipe_file, args.runs, args.overrides, console)
         base = json.loads((run / "nerf" / "manifest.json").read_text())["config"]
-        recipe = build_recipe(RECIPE, args.overrides, base=base)
+        recipe = build_recipe(recipe_file, args.overrides, base=base)
         truth, size = ground_truth_mesh(shape), object_size(shape)
 
         _, t_extract = timed(lambda: extract.run(run, recipe, console=console))
@@ -104,7 +110,7 @@ def main() -> None:
             "texture_prompt_accuracy": report.prompt_accuracy, "texture_iou": report.silhouette_iou,
             "texture_votes": report.shape_votes, "faces_extract": len(extracted.faces),
             "faces_geometry": len(refined.faces),
-            "seconds": {"extract": round(t_extract, 1), "geometry": round(t_geometry, 1), "texture": round(t_texture, 1)},
+            "seconds": {"first_stage": t_first and round(t_first, 1), "extract": round(t_extract, 1), "geometry": round(t_geometry, 1), "texture": round(t_texture, 1)},
             "seconds_per_step": {name: step_seconds(run / name) for name in ("geometry", "texture")},
         })
         print(json.dumps(rows[-1]), flush=True)

@@ -197,7 +197,7 @@ def print_diverse(rows: list[dict]) -> None:
     rows = [{"seed": seed, "per_prompt": per_prompt,
              "distinct": statistics.mean(p["distinct"] for p in per_prompt.values())}
             for seed, per_prompt in sorted(by_seed.items())]
-    prompts = [p for p in MULTI if any(p in r["per_prompt"] for r in rows)]
+    prompts = list(dict.fromkeys(p for r in rows for p in r["per_prompt"]))  # MULTI or --prompts, in run order
     print(f"\n{'seed':>4} | " + " | ".join(f"{p:<14}" for p in prompts) + " | distinct per prompt")
     for row in rows:
         print(f"{row['seed']:>4} | " + " | ".join(f"{row['per_prompt'].get(p, {}).get('distinct', '-'):<14}"

@@ -16,7 +16,7 @@ from prolificli.config import DensifyConfig, FieldConfig, GaussiansConfig
 from prolificli.methods import METHODS, build_recipe
 from prolificli.optimize import Interrupted
 from prolificli.scene.densify import DensityControl
-from prolificli.scene.gaussians import GaussianCloud
+from prolificli.scene.gaussians import GaussianCloud, smooth_random_field
 from prolificli.render.splat import covariances_3d
 from prolificli.scene.nerf import NeRFField
 from prolificli.scene.splat_ply import read_splat_ply
@@ -40,6 +40,31 @@ def test_scene_init_is_hollow():
     cloud = GaussianCloud.initial(GaussiansConfig(count=1000, init="scene", init_radius=0.8), bound=1.0,
                                   generator=torch.Generator().manual_seed(0))
     assert cloud.means.norm(dim=-1).min() >= 0.8
+
+
+def test_the_initial_colour_field_has_the_kernels_variance_and_correlation():
+    # over many draws, the field's covariance between two points d apart is std^2 exp(-d^2 / (2 l^2)),
+    # the squared-exponential kernel written out here (not the feature map's own formula)
+    std, length = 0.2, 0.5
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.6, 0.4], [1.5, -1.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([smooth_random_field(points, std, length, generator) for _ in range(4000)])  # [D,P,3]
+    values = draws.permute(0, 2, 1).reshape(-1, len(points))  # the channels are independent draws too
+    covariance = values.T @ values / len(values)
+    distance = torch.cdist(points, points)
+    expected = std ** 2 * torch.exp(-distance ** 2 / (2 * length ** 2))
+    assert torch.allclose(covariance, expected, atol=0.05 * std ** 2)
+    assert abs(float(values.mean())) < 0.1 * std
+
+
+def test_particles_start_with_different_colours_only_with_the_colour_field():
+    def mean_colours(cfg):
+        return torch.stack([GaussianCloud.initial(cfg, 1.0, torch.Generator().manual_seed(seed)).colors().mean(0)
+                            for seed in range(8)])
+    # per-Gaussian noise averages out: every particle the same grey
+    assert mean_colours(GaussiansConfig(count=2000)).std(dim=0).max() < 0.003
+    spread = mean_colours(GaussiansConfig(count=2000, init_color_std=0.05, init_color_length=2.0)).std(dim=0)
+    assert spread.min() > 0.015
 
 
 def test_nerf_init_places_gaussians_where_the_field_is_dense():
@@ -238,3 +263,13 @@ def test_cli_run_renders_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
 def test_init_from_needs_splats(tmp_path):
     result = invoke("nerf", "a red cube", "--recipe", "toy", "--out", str(tmp_path / "r"), "--init-from", str(tmp_path))
     assert result.exit_code == 2 and "--init-from" in result.stderr
+
+
+def test_the_toy_splat_recipe_takes_the_toy_recipes_mesh_stages():
+    # `prolific extract | geometry | texture` on a toy-gaussians run reads the run's recipe: without
+    # these sections the mesh stages would take the paper's 512 px settings against a 32 px prior
+    from prolificli.recipe_files import PACKAGE_RECIPES
+
+    toy = build_recipe(str(PACKAGE_RECIPES / "toy.yaml"), [])
+    splats = build_recipe(str(PACKAGE_RECIPES / "toy-gaussians.yaml"), [])
+    assert (splats.extract, splats.geometry, splats.texture) == (toy.extract, toy.geometry, toy.texture)

@@ -202,6 +202,12 @@ class GaussiansConfig:
     init: Literal["object", "scene", "nerf"] = "object"
     init_radius: float = 0.5
     init_opacity: float = 0.1
+    # each particle's starting colour: mid grey plus a smooth random field of this std per channel
+    # and length scale init_color_length (world units). A random-weight NeRF starts with such a
+    # field, different in every particle; independent noise per Gaussian would average out over the
+    # many Gaussians in a pixel, so every splat particle would start the same grey
+    init_color_std: float = 0.0
+    init_color_length: float = 0.5
     init_from: str | None = None  # a run directory with a complete NeRF stage (init: nerf)
     lr_means: float = 0.001  # Adam, world units
     # the means' lr decays exponentially to this at the last step (None: constant), as 3DGS's

@@ -12,7 +12,8 @@ Initialisation (the paper's density init, Sec. 4.2, carried over to splats):
   camera sits in an empty middle (the NeRF's hollow scene init);
 - "nerf" (`from_nerf`): where a trained NeRF particle is dense, coloured by it.
 Every Gaussian starts isotropic (identity rotation) with opacity init_opacity and a colour near
-mid grey (a little noise so particles differ).
+mid grey: a little noise per Gaussian, plus (init_color_std) a smooth random field drawn afresh for
+each particle, so particles differ as much as random-weight NeRFs do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ PARAMETERS = ("means", "log_scales", "quaternions", "opacity_logits", "color_log
 
 def _logit(p: Tensor) -> Tensor:
     return torch.log(p) - torch.log1p(-p)
+
+
+def smooth_random_field(points: Tensor, std: float, length: float, generator: torch.Generator | None = None,
+                        features: int = 64) -> Tensor:
+    """One draw of a smooth random RGB field at points [N,3] -> [N,3]: random Fourier features
+    (Rahimi and Recht 2007) of a Gaussian process with the kernel std^2 exp(-|x - y|^2 / (2 length^2)),
+    std * sqrt(2 / K) * sum_k w_k cos(omega_k . x + phi_k), w_k ~ N(0, 1), omega_k ~ N(0, I / length^2),
+    phi_k ~ U(0, 2 pi). Each term has variance 1/2 over draws, so every point has std `std` per channel."""
+    omega = torch.randn(features, 3, generator=generator) / length
+    phase = 2 * math.pi * torch.rand(features, generator=generator)
+    weights = torch.randn(features, 3, generator=generator)
+    return std * math.sqrt(2 / features) * torch.cos(points @ omega.T + phase) @ weights
 
 
 class GaussianCloud(nn.Module):
@@ -120,7 +133,10 @@ class GaussianCloud(nn.Module):
         means = direction * radius
         volume = 4 / 3 * math.pi * (outer ** 3 - inner ** 3)
         spacing = (volume / n) ** (1 / 3)
-        return cls._isotropic(means, spacing, cfg.init_opacity, 0.5 + 0.05 * torch.randn(n, 3, generator=generator))
+        colors = 0.5 + 0.05 * torch.randn(n, 3, generator=generator)
+        if cfg.init_color_std > 0:
+            colors = colors + smooth_random_field(means, cfg.init_color_std, cfg.init_color_length, generator)
+        return cls._isotropic(means, spacing, cfg.init_opacity, colors)
 
     @classmethod
     def _isotropic(cls, means: Tensor, scale: float | Tensor, opacity: float | Tensor, colors: Tensor) -> GaussianCloud:

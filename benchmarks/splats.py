@@ -3,7 +3,7 @@
     python benchmarks/splats.py --part toy                       # 6 shapes x seeds 0-2, toy vs toy-gaussians
     python benchmarks/splats.py --part toy --prompts "a green cube" --seeds 100 --set gaussians.count=2000
     python benchmarks/splats.py --part diverse                   # 4 splat particles on the multi-object prompts
-    python benchmarks/splats.py --merge benchmarks/results/splats-toy-*.json
+    python benchmarks/splats.py --merge benchmarks/results/splats-toy-*.json   # later files' runs replace earlier ones'
 
 toy:     `prolific nerf`'s loop with the toy recipe (NeRF) and toy-gaussians (splats), VSD at CFG 7.5,
          one particle. Every --eval-every steps: the scorer's prompt accuracy over 8 views and the
@@ -225,7 +225,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
-        print_diverse(rows) if "per_prompt" in rows[0] else print_toy(rows)
+        if "per_prompt" in rows[0]:
+            print_diverse(rows)  # a later file's prompts replace an earlier one's for the same seed
+        else:  # a later file's run replaces an earlier one's for the same representation, prompt and seed
+            print_toy(list({(r["representation"], r["prompt"], r["seed"]): r for r in rows}.values()))
         return
     console = Console(stderr=True)
     from prolificli.cli import quiet_libraries

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["toy", "toy-gaussians"], default="toy",
                         help="the first stage's recipe: NeRF particles (toy) or Gaussian splats")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="extra recipe override, for the NeRF stage and the mesh stages")
+                        help="extra recipe override, for the first stage and the mesh stages")
     parser.add_argument("--runs", type=Path, default=RESULTS / "mesh-runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "mesh_stages.json")
     args = parser.parse_args()
@@ -86,10 +86,10 @@ def main() -> None:
 
     quiet_libraries()
     scorer = load_scorer()
+    recipe_file = str(PACKAGE_RECIPES / f"{args.recipe}.yaml")
     rows = []
     for prompt in args.prompts:
         shape, _ = parse_prompt(prompt)
-        recipe_file = str(PACKAGE_RECIPES / f"{args.recipe}.yaml")
         run, t_first = first_stage_run(prompt, recipe_file, args.runs, args.overrides, console)
         base = json.loads((run / "nerf" / "manifest.json").read_text())["config"]
         recipe = build_recipe(recipe_file, args.overrides, base=base)
@@ -110,7 +110,8 @@ def main() -> None:
             "texture_prompt_accuracy": report.prompt_accuracy, "texture_iou": report.silhouette_iou,
             "texture_votes": report.shape_votes, "faces_extract": len(extracted.faces),
             "faces_geometry": len(refined.faces),
-            "seconds": {"first_stage": t_first and round(t_first, 1), "extract": round(t_extract, 1), "geometry": round(t_geometry, 1), "texture": round(t_texture, 1)},
+            "seconds": {"first_stage": t_first and round(t_first, 1), "extract": round(t_extract, 1),
+                        "geometry": round(t_geometry, 1), "texture": round(t_texture, 1)},
             "seconds_per_step": {name: step_seconds(run / name) for name in ("geometry", "texture")},
         })
         print(json.dumps(rows[-1]), flush=True)
